@@ -1,0 +1,13 @@
+//! berth-engine: the application layer between the API and the log.
+//!
+//! The [`CommandBus`] decides commands against the domain model and submits
+//! their events to the [`EventLog`](berth_core::log::EventLog); the
+//! [`ProjectionRunner`] follows the log into the Docker views; and
+//! [`ViewHandle::wait_for`] gives the API read-your-writes. Nothing here knows
+//! HTTP or RocksDB.
+
+pub mod bus;
+pub mod runner;
+
+pub use bus::{CommandBus, CommandError, CommandOutcome};
+pub use runner::{ProjectionRunner, ViewHandle};

@@ -1,0 +1,37 @@
+# Shared helpers for berth's scripts: install what is missing, quietly.
+# shellcheck shell=bash
+
+set -euo pipefail
+
+BERTH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export BERTH_ROOT
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# ensure_debian_packages PKG... : installs the Debian packages that are missing.
+ensure_debian_packages() {
+  local missing=()
+  for package in "$@"; do
+    if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+      missing+=("$package")
+    fi
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq || true
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+# The packages that building berth needs (RocksDB is built from source with bindgen).
+ensure_build_dependencies() {
+  ensure_debian_packages clang libclang-dev
+  if ! command -v cargo >/dev/null; then
+    echo "cargo is missing: install Rust (https://rustup.rs) first" >&2
+    exit 1
+  fi
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs berth's whole test suite: installs what the tests need when it is
+# missing, builds everything, and runs every test of the workspace.
+source "$(dirname "$0")/lib.sh"
+ensure_build_dependencies
+cd "$BERTH_ROOT"
+log "building the workspace and its tests"
+cargo build --locked --workspace --all-targets
+log "running the tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked --workspace --profile ci "$@"
+else
+  cargo test --locked --workspace "$@"
+fi
