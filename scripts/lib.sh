@@ -35,3 +35,22 @@ ensure_build_dependencies() {
     exit 1
   fi
 }
+
+# What running containers needs: runc and the network tools of the local runtime.
+ensure_runtime_dependencies() {
+  ensure_debian_packages runc iproute2 iptables
+}
+
+# What the tests need besides: busybox for test images, skopeo to check
+# archives, the docker CLI's Python SDK.
+ensure_test_dependencies() {
+  ensure_runtime_dependencies
+  ensure_debian_packages busybox-static skopeo tar
+  if ! command -v docker >/dev/null; then
+    ensure_debian_packages docker.io
+  fi
+  if ! python3 -c 'import docker' 2>/dev/null; then
+    log "installing the Python docker SDK"
+    python3 -m pip install --quiet 'docker>=7,<8' || python3 -m pip install --quiet --break-system-packages 'docker>=7,<8'
+  fi
+}

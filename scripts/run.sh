@@ -4,6 +4,7 @@
 # or ~/.local/share/berth. Extra arguments go to `berth serve`.
 source "$(dirname "$0")/lib.sh"
 ensure_build_dependencies
+ensure_runtime_dependencies
 cd "$BERTH_ROOT"
 log "building berth (release; the first build compiles RocksDB and takes a while)"
 cargo build --release --locked --bin berth

@@ -3,6 +3,9 @@
 # missing, builds everything, and runs every test of the workspace.
 source "$(dirname "$0")/lib.sh"
 ensure_build_dependencies
+ensure_test_dependencies
+# The NATS relay and follower are tested against real nats-server processes.
+ensure_debian_packages nats-server
 cd "$BERTH_ROOT"
 log "building the workspace and its tests"
 cargo build --locked --workspace --all-targets

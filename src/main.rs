@@ -2,6 +2,8 @@
 //! to the engine and the API, and runs the chosen subcommand.
 
 mod cli;
+mod local;
+mod local_effects;
 mod system;
 
 fn main() -> std::process::ExitCode {

@@ -2,4 +2,7 @@
 //! it turns requests into core commands and projections into responses, and
 //! maps domain rejections to each client's conventions.
 
+#![recursion_limit = "256"]
+
 pub mod docker;
+pub mod portal;

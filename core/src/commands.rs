@@ -55,6 +55,8 @@ pub enum Command {
     PauseContainer { id: String },
     UnpauseContainer { id: String },
     RenameContainer { id: String, new_name: String },
+    /// Changes a container's resources and restart policy (docker update).
+    UpdateContainer { id: String, memory_bytes: i64, nano_cpus: i64, cpu_shares: i64, restart_policy: String },
     /// Removes a container; a running one only with `force` (it is killed first).
     RemoveContainer { id: String, force: bool },
 

@@ -134,6 +134,7 @@ pub enum DomainEvent {
     ContainerPaused,
     ContainerUnpaused,
     ContainerRenamed { old_name: String, new_name: String },
+    ContainerUpdated { memory_bytes: i64, nano_cpus: i64, cpu_shares: i64, restart_policy: String },
     ContainerRemoved,
 
     ImageRegistered { reference_tags: Vec<String>, size_bytes: u64, layer_digests: Vec<String>, created_ms: u64 },
@@ -173,6 +174,7 @@ impl DomainEvent {
             DomainEvent::ContainerPaused => "ContainerPaused",
             DomainEvent::ContainerUnpaused => "ContainerUnpaused",
             DomainEvent::ContainerRenamed { .. } => "ContainerRenamed",
+            DomainEvent::ContainerUpdated { .. } => "ContainerUpdated",
             DomainEvent::ContainerRemoved => "ContainerRemoved",
             DomainEvent::ImageRegistered { .. } => "ImageRegistered",
             DomainEvent::ImageTagged { .. } => "ImageTagged",

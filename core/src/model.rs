@@ -188,11 +188,20 @@ pub fn validate_reference(reference: &str) -> Result<(), Rejection> {
     Ok(())
 }
 
-/// Adds `:latest` to a reference without a tag.
+/// The familiar form of a reference, as Docker shows it: Docker Hub's
+/// `docker.io/library/` (or `docker.io/`) prefix dropped and `:latest` added
+/// when there is no tag.
 pub fn normalize_reference(reference: &str) -> String {
-    match reference.rfind(':') {
-        Some(colon) if !reference[colon..].contains('/') => reference.to_string(),
-        _ => format!("{reference}:latest"),
+    let mut familiar = reference;
+    for prefix in ["docker.io/library/", "index.docker.io/library/", "docker.io/", "index.docker.io/"] {
+        if let Some(rest) = familiar.strip_prefix(prefix) {
+            familiar = rest;
+            break;
+        }
+    }
+    match familiar.rfind(':') {
+        Some(colon) if !familiar[colon..].contains('/') => familiar.to_string(),
+        _ => format!("{familiar}:latest"),
     }
 }
 
@@ -286,6 +295,7 @@ impl DomainModel {
             | PauseContainer { id }
             | UnpauseContainer { id }
             | RenameContainer { id, .. }
+            | UpdateContainer { id, .. }
             | RemoveContainer { id, .. } => StreamId::new(StreamKind::Container, id),
             RegisterImage { id, .. } | TagImage { id, .. } | RemoveImage { id, .. } => StreamId::new(StreamKind::Image, id),
             UntagImage { reference } => StreamId::new(StreamKind::Image, reference),
@@ -489,6 +499,32 @@ impl DomainModel {
                     StreamId::new(StreamKind::Container, id),
                     DomainEvent::ContainerRenamed { old_name: container.name.clone(), new_name: new_name.clone() },
                 );
+            }
+            UpdateContainer { id, memory_bytes, nano_cpus, cpu_shares, restart_policy } => {
+                let container = self.container(id)?;
+                if *memory_bytes < 0 || *nano_cpus < 0 || *cpu_shares < 0 {
+                    return Err(Rejection::InvalidArgument("resource limits must not be negative".into()));
+                }
+                if !matches!(restart_policy.as_str(), "" | "no" | "always" | "unless-stopped" | "on-failure") {
+                    return Err(Rejection::InvalidArgument(format!("invalid restart policy {restart_policy:?}")));
+                }
+                let host = &container.spec.host;
+                let unchanged = host.memory_bytes == *memory_bytes
+                    && host.nano_cpus == *nano_cpus
+                    && host.cpu_shares == *cpu_shares
+                    && host.restart_policy == *restart_policy;
+                if !unchanged {
+                    self.append(
+                        decision,
+                        StreamId::new(StreamKind::Container, id),
+                        DomainEvent::ContainerUpdated {
+                            memory_bytes: *memory_bytes,
+                            nano_cpus: *nano_cpus,
+                            cpu_shares: *cpu_shares,
+                            restart_policy: restart_policy.clone(),
+                        },
+                    );
+                }
             }
             RemoveContainer { id, force } => {
                 let container = self.container(id)?;
@@ -799,6 +835,14 @@ impl DomainModel {
                     self.container_names.remove(old_name);
                     self.container_names.insert(new_name.clone(), key.clone());
                     container.name = new_name.clone();
+                }
+            }
+            DomainEvent::ContainerUpdated { memory_bytes, nano_cpus, cpu_shares, restart_policy } => {
+                if let Some(container) = self.containers.get_mut(key) {
+                    container.spec.host.memory_bytes = *memory_bytes;
+                    container.spec.host.nano_cpus = *nano_cpus;
+                    container.spec.host.cpu_shares = *cpu_shares;
+                    container.spec.host.restart_policy = restart_policy.clone();
                 }
             }
             DomainEvent::ContainerRemoved => {

@@ -342,3 +342,27 @@ fn target_streams_match_the_first_append() {
     assert_eq!(decision.appends[0].stream, DomainModel::target_stream(&command));
     assert_eq!(DomainModel::target_stream(&command), StreamId::new(StreamKind::Container, "c1"));
 }
+
+#[test]
+fn update_changes_resources_once_and_checks_them() {
+    let scenario = given(&with(base(), &[create("c1", "web")]));
+    let update = |memory_bytes| Command::UpdateContainer { id: "c1".into(), memory_bytes, nano_cpus: 0, cpu_shares: 0, restart_policy: "no".into() };
+    assert!(matches!(scenario.when(update(64 << 20)).unwrap()[0].1, DomainEvent::ContainerUpdated { memory_bytes, .. } if memory_bytes == 64 << 20));
+    rejected_with(scenario.when(update(-1)), "invalid_argument");
+    rejected_with(
+        scenario.when(Command::UpdateContainer { id: "c1".into(), memory_bytes: 0, nano_cpus: 0, cpu_shares: 0, restart_policy: "sometimes".into() }),
+        "invalid_argument",
+    );
+    rejected_with(scenario.when(Command::UpdateContainer { id: "nope".into(), memory_bytes: 0, nano_cpus: 0, cpu_shares: 0, restart_policy: "no".into() }), "not_found");
+}
+
+#[test]
+fn references_are_kept_in_their_familiar_form() {
+    use berth_core::model::normalize_reference;
+    assert_eq!(normalize_reference("docker.io/library/busybox"), "busybox:latest");
+    assert_eq!(normalize_reference("docker.io/team/app:2"), "team/app:2");
+    assert_eq!(normalize_reference("registry.local:5000/app"), "registry.local:5000/app:latest");
+    let scenario = given(&base());
+    let events = scenario.when(Command::TagImage { id: IMAGE.into(), reference: "docker.io/library/spare:1".into() }).unwrap();
+    assert_eq!(events, vec![(format!("image/{IMAGE}"), DomainEvent::ImageTagged { reference: "spare:1".into() })]);
+}

@@ -146,22 +146,35 @@ impl CommandBus {
         self.log.submit(
             request,
             Box::new(move |result| {
-                let answer = match result {
-                    Ok(outcome) => Ok(outcome_of(&outcome, outcome.last_position)),
-                    Err(error) => {
-                        tracing::error!(%error, "an append the model had applied failed; rebuilding the model from the log");
-                        let mut decider = decider_for_completion.lock();
-                        match load_model(log_for_completion.as_ref()) {
-                            Ok(model) => decider.model = model,
-                            Err(read_error) => tracing::error!(%read_error, "cannot rebuild the model; it may be ahead of the log"),
+                let finish = move |result: Result<AppendOutcome, AppendError>| {
+                    let answer = match result {
+                        Ok(outcome) => Ok(outcome_of(&outcome, outcome.last_position)),
+                        Err(error) => {
+                            tracing::error!(%error, "an append the model had applied failed; rebuilding the model from the log");
+                            let mut decider = decider_for_completion.lock();
+                            match load_model(log_for_completion.as_ref()) {
+                                Ok(model) => decider.model = model,
+                                Err(read_error) => tracing::error!(%read_error, "cannot rebuild the model; it may be ahead of the log"),
+                            }
+                            Err(CommandError::Log(error))
                         }
-                        Err(CommandError::Log(error))
+                    };
+                    if let Some(command_id) = &command_id {
+                        decider_for_completion.lock().in_flight.remove(command_id);
                     }
+                    done(answer);
                 };
-                if let Some(command_id) = &command_id {
-                    decider_for_completion.lock().in_flight.remove(command_id);
+                match result {
+                    Ok(outcome) => finish(Ok(outcome)),
+                    // A log may refuse inline, inside `submit`, while this thread
+                    // still holds the decider lock: finish on another thread so the
+                    // rebuild never waits for a lock its own caller holds.
+                    Err(error) => {
+                        if std::thread::Builder::new().name("berth-bus-recovery".into()).spawn(move || finish(Err(error))).is_err() {
+                            tracing::error!("cannot start the recovery thread; the caller sees the log as closed");
+                        }
+                    }
                 }
-                done(answer);
             }),
         );
         drop(decider);

@@ -7,7 +7,11 @@
 //! HTTP or RocksDB.
 
 pub mod bus;
+pub mod history;
+pub mod reconciler;
 pub mod runner;
 
 pub use bus::{CommandBus, CommandError, CommandOutcome};
 pub use runner::{ProjectionRunner, ViewHandle};
+pub use history::{audit, replay_until, AuditEntry, AuditFilter, Until};
+pub use reconciler::{plan, Action, DesiredState, ObservedState, Reconciler, ServedVchs, TickReport};

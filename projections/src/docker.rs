@@ -162,6 +162,12 @@ impl DockerViews {
                     DomainEvent::ContainerPaused => container.state = "paused".into(),
                     DomainEvent::ContainerUnpaused => container.state = "running".into(),
                     DomainEvent::ContainerRenamed { new_name, .. } => container.name = new_name.clone(),
+                    DomainEvent::ContainerUpdated { memory_bytes, nano_cpus, cpu_shares, restart_policy } => {
+                        container.spec.host.memory_bytes = *memory_bytes;
+                        container.spec.host.nano_cpus = *nano_cpus;
+                        container.spec.host.cpu_shares = *cpu_shares;
+                        container.spec.host.restart_policy = restart_policy.clone();
+                    }
                     _ => {}
                 }
             }
@@ -250,7 +256,7 @@ impl DockerViews {
         if let Some(image) = self.images.get(reference) {
             return Some(image);
         }
-        let tagged = if reference.contains(':') && !reference.starts_with("sha256:") { reference.to_string() } else { format!("{reference}:latest") };
+        let tagged = berth_core::model::normalize_reference(reference);
         if let Some(image) = self.images.values().find(|image| image.tags.contains(&tagged) || image.tags.contains(reference)) {
             return Some(image);
         }

@@ -30,16 +30,25 @@ pub enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
         writers: Vec<usize>,
     },
+    /// Commit-to-delivery latency to an SSE client and a JetStream consumer, and the relay's rate beside raw JetStream publishing.
+    Nats(super::bench_nats::BenchNatsArgs),
+    /// Docker API latency and throughput beside a raw synced write and the HTTP layer's /_ping rate.
+    Docker(super::bench_docker::BenchDockerArgs),
+    /// Rebuilding every projection from a log of N events, beside a raw read of the same events.
+    Replay(super::bench_replay::BenchReplayArgs),
 }
 
 pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Log { dir, seconds, writers } => bench_log(dir, Duration::from_secs_f64(seconds), &writers),
+        BenchCommand::Nats(args) => super::bench_nats::run(args),
+        BenchCommand::Docker(args) => super::bench_docker::run(args),
+        BenchCommand::Replay(args) => super::bench_replay::run(args),
     }
 }
 
 /// An event whose envelope is about [`RECORD_SIZE_BYTES`].
-fn sized_event() -> DomainEvent {
+pub(super) fn sized_event() -> DomainEvent {
     let mut labels = BTreeMap::new();
     labels.insert("pad".to_string(), "x".repeat(RECORD_SIZE_BYTES - 150));
     DomainEvent::VolumeCreated { name: "bench".into(), driver: "local".into(), labels, created_ms: 0 }

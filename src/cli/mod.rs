@@ -1,6 +1,12 @@
 //! The command line: `berth serve`, `berth log ...`, `berth bench ...`.
 
 mod bench;
+mod bench_docker;
+mod bench_nats;
+mod bench_replay;
+mod events;
+mod follow;
+mod history;
 mod log;
 mod serve;
 
@@ -22,9 +28,23 @@ enum Command {
     /// Inspect the event log.
     #[command(subcommand)]
     Log(log::LogCommand),
+    /// Rebuild the Docker views as they were at a position or time.
+    Replay(history::ReplayArgs),
+    /// Who did what to which object, and when.
+    Audit(history::AuditArgs),
     /// Measure berth against its yardsticks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Serve the Docker API's read side from the NATS stream a leader's relay publishes.
+    Follow(follow::FollowArgs),
+    /// Print the events the portal streams (`--follow` to keep printing new ones).
+    Events(events::EventsArgs),
+    /// The per-container supervisor the local runtime starts (not for people).
+    #[command(hide = true)]
+    RuntimeShim {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// The data directory: `--data-dir`, `BERTH_DATA_DIR`, or a per-user default.
@@ -51,7 +71,12 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Log(command) => log::run(command),
+        Command::Replay(args) => history::replay(args),
+        Command::Audit(args) => history::run_audit(args),
         Command::Bench(command) => bench::run(command),
+        Command::Follow(args) => follow::run(args),
+        Command::Events(args) => events::run(args),
+        Command::RuntimeShim { args } => return berth_runtime::shim::main(args),
     };
     match result {
         Ok(code) => code,

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::future::IntoFuture as _;
 use std::sync::Arc;
 
 /// The name of the VCH that `berth serve` runs on the local runtime.
@@ -28,6 +29,16 @@ pub struct ServeArgs {
     /// The default bridge network's gateway and prefix, like dockerd's --bip.
     #[arg(long, default_value = "172.31.0.1/16")]
     pub bip: String,
+    /// Where new networks get their subnets, like dockerd's --default-address-pool.
+    #[arg(long, default_value = "base=172.18.0.0/15,size=24")]
+    pub default_address_pool: String,
+    /// The Docker API's unix socket (default: docker.sock in the data directory).
+    #[arg(long)]
+    pub docker_socket: Option<PathBuf>,
+    #[command(flatten)]
+    pub portal: super::follow::PortalArgs,
+    #[command(flatten)]
+    pub nats: super::follow::NatsArgs,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -89,13 +100,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     bootstrap(&bus, &args.bip).await?;
     let (mut runner, views) = ProjectionRunner::start(log.clone());
 
-    let state = DockerState {
-        bus: Some(bus.clone()),
-        views: views.clone(),
-        vch: DEFAULT_VCH.into(),
-        started_at_ms: clock.now_ms(),
-        data_dir: data_dir.display().to_string(),
-    };
+    let shim_program = std::env::current_exe().context("finding the berth binary for the runtime shim")?;
+    let local = Arc::new(
+        crate::local::LocalInfrastructure::open(&data_dir, &shim_program)
+            .map_err(anyhow::Error::msg)
+            .context("starting the local runtime (berth serve needs root, runc and iproute2)")?,
+    );
+    let reconciler = Arc::new(berth_engine::Reconciler::new(bus.clone(), local.clone(), berth_engine::ServedVchs::named([DEFAULT_VCH])));
+    let reconciler_wake = Arc::new(tokio::sync::Notify::new());
+    let exit_wake = reconciler_wake.clone();
+    local.on_exit(Arc::new(move || exit_wake.notify_one()));
+    let reconciler_task = reconciler.spawn_with_wake(clock.clone(), reconciler_wake);
+
+    let mut state = DockerState::new(views.clone(), log.clone(), DEFAULT_VCH, data_dir.display().to_string());
+    state.bus = Some(bus.clone());
+    state.images = Some(local.clone());
+    state.containers = Some(local.clone());
+    let hosts_views = views.clone();
+    local.provide_hosts(Arc::new(move |id| hosts_views.read(|views| crate::local_effects::hosts_for(views, id))));
+    let effects = crate::local_effects::spawn(state.clone(), local.clone());
+    state.address_pool = parse_address_pool(&args.default_address_pool)?;
     let listener = tokio::net::TcpListener::bind(args.docker_listen)
         .await
         .with_context(|| format!("binding the Docker API to {}", args.docker_listen))?;
@@ -104,18 +128,59 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     println!("berth: export DOCKER_HOST=tcp://{address}");
     tracing::info!(%address, log_head = %berth_core::log::EventLog::head(log.as_ref()), "serving");
 
-    let service = docker::service(state);
-    axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(service))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving the Docker API")?;
+    let socket_path = args.docker_socket.clone().unwrap_or_else(|| data_dir.join("docker.sock"));
+    let _ = std::fs::remove_file(&socket_path);
+    let unix_listener = tokio::net::UnixListener::bind(&socket_path)
+        .with_context(|| format!("binding the Docker API socket {}", socket_path.display()))?;
+    println!("berth: Docker API listening on unix://{}", socket_path.display());
 
-    tracing::info!("shutting down: checkpointing the views and closing the log");
+    let live = super::follow::start_live(log.clone(), views.clone(), &args.portal, &args.nats).await?;
+    let service = docker::service(state);
+    let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
+    let mut unix_stop = stop_receiver.clone();
+    let unix_server = tokio::spawn(
+        axum::serve(unix_listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(service.clone()))
+            .with_graceful_shutdown(async move {
+                let _ = unix_stop.wait_for(|stop| *stop).await;
+            })
+            .into_future(),
+    );
+    let tcp_server = axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(service)).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = stop_sender.send(true);
+    });
+    tcp_server.await.context("serving the Docker API")?;
+    let _ = unix_server.await;
+    let _ = std::fs::remove_file(&socket_path);
+    live.stop().await;
+
+    effects.abort();
+    reconciler_task.stop().await;
+    tracing::info!("shutting down: checkpointing the views and closing the log (containers keep running)");
     runner.stop();
     drop(bus);
     log.close();
     println!("berth: stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Parses `base=A.B.C.D/N,size=M`.
+fn parse_address_pool(text: &str) -> anyhow::Result<docker::networks::AddressPool> {
+    let mut base = None;
+    let mut size = None;
+    for part in text.split(',') {
+        match part.split_once('=') {
+            Some(("base", value)) => base = berth_core::model::Ipv4Subnet::parse(value),
+            Some(("size", value)) => size = value.parse::<u8>().ok(),
+            _ => bail!("--default-address-pool {text:?}: want base=A.B.C.D/N,size=M"),
+        }
+    }
+    match (base, size) {
+        (Some(base), Some(size)) if size >= base.prefix_length && size <= 30 => {
+            Ok(docker::networks::AddressPool { base, subnet_prefix_length: size })
+        }
+        _ => bail!("--default-address-pool {text:?}: want base=A.B.C.D/N,size=M with N <= M <= 30"),
+    }
 }
 
 async fn shutdown_signal() {

@@ -20,6 +20,49 @@ pub struct Server {
     pub data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
     pub stdout_lines: mpsc::Receiver<String>,
+    _slot: AddressSlot,
+}
+
+/// A claimed index 10..250 for a test server's subnets, held by a file that
+/// names the owning process; slots of dead processes are reclaimed.
+pub struct AddressSlot {
+    pub index: u32,
+    path: PathBuf,
+}
+
+impl AddressSlot {
+    pub fn claim() -> AddressSlot {
+        let dir = PathBuf::from("/tmp/berth-test-slots");
+        std::fs::create_dir_all(&dir).expect("slot dir");
+        let me = std::process::id();
+        for _ in 0..3 {
+            for index in 10..250u32 {
+                let path = dir.join(format!("slot-{index}"));
+                match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                    Ok(mut file) => {
+                        use std::io::Write;
+                        let _ = write!(file, "{me}");
+                        return AddressSlot { index, path };
+                    }
+                    Err(_) => {
+                        let owner: Option<i32> = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse().ok());
+                        // SAFETY: kill with signal 0 only checks that the process exists.
+                        let alive = owner.map(|pid| unsafe { libc::kill(pid, 0) } == 0).unwrap_or(true);
+                        if !alive {
+                            let _ = std::fs::remove_file(&path);
+                        }
+                    }
+                }
+            }
+        }
+        panic!("no free test address slot in /tmp/berth-test-slots");
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 impl Server {
@@ -31,9 +74,21 @@ impl Server {
     }
 
     pub fn start_in(data_dir: &Path, extra_args: &[&str]) -> Server {
-        let mut child = Command::new(berth_binary())
-            .args(["serve", "--docker-listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
+        // Every server gets its own address space, so that parallel tests never
+        // put two bridges on one subnet.
+        let slot = AddressSlot::claim();
+        let bip = format!("10.{}.0.1/24", slot.index);
+        let pool = format!("base=10.{}.128.0/17,size=24", slot.index);
+        let mut command = Command::new(berth_binary());
+        command.args(["serve", "--docker-listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
+        if !extra_args.contains(&"--bip") {
+            command.args(["--bip", &bip, "--default-address-pool", &pool]);
+        }
+        // The portal's default port (8080) would collide between parallel tests.
+        if !extra_args.contains(&"--portal-listen") {
+            command.args(["--portal-listen", "127.0.0.1:0"]);
+        }
+        let mut child = command
             .args(extra_args)
             .env("BERTH_LOG", "warn")
             .stdout(Stdio::piped())
@@ -56,7 +111,7 @@ impl Server {
                 docker_address = Some(rest.split_whitespace().next().unwrap().to_string());
             }
         }
-        Server { child, docker_address: docker_address.unwrap(), data_dir: data_dir.to_path_buf(), _temp: None, stdout_lines: receiver }
+        Server { child, docker_address: docker_address.unwrap(), data_dir: data_dir.to_path_buf(), _temp: None, stdout_lines: receiver, _slot: slot }
     }
 
     pub fn docker_host(&self) -> String {
@@ -79,8 +134,60 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Removes every container and user network through the API and waits
+    /// until the runtime has destroyed them, so no shim outlives the test.
+    pub fn remove_all(&self) {
+        let (_, _, body) = self.get("/containers/json?all=1");
+        if let Ok(serde_json::Value::Array(containers)) = serde_json::from_str::<serde_json::Value>(&body) {
+            for container in containers {
+                if let Some(id) = container["Id"].as_str() {
+                    http_request(&self.docker_address, "DELETE", &format!("/containers/{id}?force=1&v=1"), None);
+                }
+            }
+        }
+        let (_, _, body) = self.get("/networks");
+        if let Ok(serde_json::Value::Array(networks)) = serde_json::from_str::<serde_json::Value>(&body) {
+            for network in networks {
+                let name = network["Name"].as_str().unwrap_or_default();
+                if !["bridge", "host", "none"].contains(&name) {
+                    http_request(&self.docker_address, "DELETE", &format!("/networks/{}", network["Id"].as_str().unwrap_or_default()), None);
+                }
+            }
+        }
+        let containers_dir = self.data_dir.join("containers");
+        for _ in 0..200 {
+            let empty = std::fs::read_dir(&containers_dir).map(|mut d| d.next().is_none()).unwrap_or(true);
+            if empty {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Deletes the bridges and firewall rules left on this slot's subnets.
+fn clean_slot_network(index: u32) {
+    let script = format!(
+        "for dev in $(ip -o -4 addr show | awk '$4 ~ /^10\\.{index}\\./ {{print $2}}'); do ip link del \"$dev\" 2>/dev/null; done; \
+         for table in nat filter; do iptables -t $table -S 2>/dev/null | grep -- ' 10\\.{index}\\.' | sed 's/^-A /-D /' | \
+         while read -r rule; do eval iptables -t $table $rule 2>/dev/null; done; done; true"
+    );
+    let _ = Command::new("sh").args(["-c", &script]).status();
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.remove_all();
+        }
+        self.stop_process();
+        clean_slot_network(self._slot.index);
+    }
+}
+
+impl Server {
+    fn stop_process(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             // SAFETY: plain kill(2) on our own child's pid.
             unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
@@ -127,4 +234,17 @@ fn dechunk(mut body: &str) -> String {
         body = rest[size..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// Waits for a line containing `needle` and returns the first word after it
+/// (e.g. the portal's address after "portal listening on http://").
+pub fn wait_for_line(lines: &mpsc::Receiver<String>, needle: &str, timeout: Duration) -> String {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines.recv_timeout(remaining).unwrap_or_else(|_| panic!("no line with {needle:?} within {timeout:?}"));
+        if let Some(rest) = line.split(needle).nth(1) {
+            return rest.split_whitespace().next().unwrap_or("").to_string();
+        }
+    }
 }

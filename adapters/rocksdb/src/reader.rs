@@ -78,3 +78,59 @@ impl LogReader {
         }
     }
 }
+
+/// A log reader is a read-only [`EventLog`]: replays and audits run on it
+/// beside a live berth. Appends are refused; it never commits.
+impl berth_core::log::EventLog for LogReader {
+    fn submit(&self, _request: berth_core::log::AppendRequest, done: berth_core::log::AppendCompletion) {
+        done(Err(berth_core::log::AppendError::Closed));
+    }
+
+    fn head(&self) -> Position {
+        LogReader::head(self).unwrap_or_default()
+    }
+
+    fn read_all(&self, after: Position, count_max: usize) -> Result<Vec<RecordedEvent>, ReadError> {
+        LogReader::read_all(self, after, count_max)
+    }
+
+    fn read_stream(&self, stream: &berth_core::StreamId, after: berth_core::StreamVersion, count_max: usize) -> Result<Vec<RecordedEvent>, ReadError> {
+        let mut events = Vec::new();
+        let mut position = Position(0);
+        loop {
+            let batch = LogReader::read_all(self, position, 4096)?;
+            let Some(last) = batch.last() else { break };
+            position = last.position;
+            events.extend(batch.into_iter().filter(|e| &e.stream == stream && e.version > after));
+            if events.len() >= count_max {
+                events.truncate(count_max);
+                break;
+            }
+        }
+        Ok(events)
+    }
+
+    fn command_outcome(&self, _command_id: &berth_core::CommandId) -> Result<Option<berth_core::log::AppendOutcome>, ReadError> {
+        Ok(None)
+    }
+
+    fn stream_version(&self, stream: &berth_core::StreamId) -> berth_core::StreamVersion {
+        self.read_stream(stream, berth_core::StreamVersion(0), usize::MAX).ok().and_then(|e| e.last().map(|e| e.version)).unwrap_or_default()
+    }
+
+    fn on_commit(&self, _listener: berth_core::log::CommitListener) {}
+
+    fn wait_for_head(&self, _after: Position, timeout: std::time::Duration) -> Position {
+        std::thread::sleep(timeout);
+        let _ = self.refresh();
+        berth_core::log::EventLog::head(self)
+    }
+
+    fn save_checkpoint(&self, _consumer: &str, _position: Position, _state: &[u8]) -> Result<(), berth_core::log::AppendError> {
+        Err(berth_core::log::AppendError::Closed)
+    }
+
+    fn load_checkpoint(&self, _consumer: &str) -> Result<Option<(Position, Vec<u8>)>, ReadError> {
+        Ok(None)
+    }
+}
