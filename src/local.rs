@@ -41,6 +41,13 @@ pub struct LocalInfrastructure {
     runtime: Arc<LocalRuntime>,
     exit_listener: parking_lot::Mutex<Option<ExitListener>>,
     hosts_provider: parking_lot::Mutex<Option<HostsProvider>>,
+    /// Containers created but never started: their sandbox (an unpacked root
+    /// filesystem) is made on first use, so `docker create` costs a record,
+    /// not a copy of the image. Not persisted: after a restart the reconciler
+    /// provisions them again, which defers them again.
+    deferred: parking_lot::Mutex<std::collections::HashMap<String, ContainerPlan>>,
+    /// One sandbox is made at a time, so the reconciler and a `docker cp` never unpack into one directory together.
+    materializing: parking_lot::Mutex<()>,
     watched: Arc<parking_lot::Mutex<BTreeSet<String>>>,
     images: Arc<ImageStore>,
     containers_dir: PathBuf,
@@ -115,6 +122,8 @@ impl LocalInfrastructure {
             runtime: Arc::new(runtime),
             exit_listener: parking_lot::Mutex::new(None),
             hosts_provider: parking_lot::Mutex::new(None),
+            deferred: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            materializing: parking_lot::Mutex::new(()),
             watched: Arc::new(parking_lot::Mutex::new(BTreeSet::new())),
             images,
             containers_dir,
@@ -225,6 +234,7 @@ impl LocalInfrastructure {
     /// Resolves `path` inside the container's root filesystem, following
     /// symlinks as if the root were `/`, never leaving it.
     fn resolve(&self, id: &str, path: &str) -> Result<PathBuf, String> {
+        self.materialize(id).map_err(|e| e.to_string())?;
         let root = self.rootfs_dir(id);
         if !root.exists() {
             return Err(format!("container {id} has no root filesystem yet"));
@@ -292,7 +302,15 @@ fn port_bindings(plan: &ContainerPlan) -> Result<Vec<PortBinding>, InfraError> {
 impl Infrastructure for LocalInfrastructure {
     fn inventory(&self) -> Result<Vec<ObservedContainer>, InfraError> {
         let listed = self.runtime.list().map_err(infra_error)?;
-        Ok(listed
+        let deferred: Vec<ObservedContainer> = self
+            .deferred
+            .lock()
+            .values()
+            .filter(|plan| !listed.iter().any(|(id, _)| id == &plan.id))
+            .map(|plan| ObservedContainer { id: plan.id.clone(), vch: plan.vch.clone(), generation: 0, power: ObservedPower::Created })
+            .collect();
+        Ok(deferred.into_iter().chain(listed
+
             .into_iter()
             .map(|(id, state)| {
                 let generation = self.read_small(&id, "generation").and_then(|g| g.parse().ok()).unwrap_or(0);
@@ -313,7 +331,7 @@ impl Infrastructure for LocalInfrastructure {
                     }
                 };
                 ObservedContainer { id, vch, generation, power }
-            })
+            }))
             .collect())
     }
 
@@ -341,6 +359,52 @@ impl Infrastructure for LocalInfrastructure {
     }
 
     fn provision(&self, plan: &ContainerPlan) -> Result<(), InfraError> {
+        if self.runtime.state(&plan.id).is_ok() {
+            return Ok(());
+        }
+        self.deferred.lock().insert(plan.id.clone(), plan.clone());
+        Ok(())
+    }
+
+    fn power_on(&self, id: &str, generation: u64) -> Result<(), InfraError> {
+        self.materialize(id)?;
+        self.start_generation(id, generation)
+    }
+
+    fn power_off(&self, id: &str, signal: &str, timeout_s: i64) -> Result<(), InfraError> {
+        self.power_off_inner(id, signal, timeout_s)
+    }
+
+    fn signal(&self, id: &str, signal: &str) -> Result<(), InfraError> {
+        self.signal_inner(id, signal)
+    }
+
+    fn pause(&self, id: &str) -> Result<(), InfraError> {
+        self.runtime.pause(id).map_err(infra_error)
+    }
+
+    fn unpause(&self, id: &str) -> Result<(), InfraError> {
+        self.runtime.unpause(id).map_err(infra_error)
+    }
+
+    fn destroy(&self, id: &str) -> Result<(), InfraError> {
+        self.deferred.lock().remove(id);
+        self.destroy_inner(id)
+    }
+}
+
+impl LocalInfrastructure {
+    /// Makes a deferred container's sandbox: unpacks its root filesystem and
+    /// writes its bundle. A no-op for one that already has it.
+    pub fn materialize(&self, id: &str) -> Result<(), InfraError> {
+        let _one_at_a_time = self.materializing.lock();
+        let Some(plan) = self.deferred.lock().get(id).cloned() else { return Ok(()) };
+        self.create_sandbox(&plan)?;
+        self.deferred.lock().remove(id);
+        Ok(())
+    }
+
+    fn create_sandbox(&self, plan: &ContainerPlan) -> Result<(), InfraError> {
         if self.runtime.state(&plan.id).is_ok() {
             return Ok(());
         }
@@ -395,7 +459,7 @@ impl Infrastructure for LocalInfrastructure {
         self.runtime.create(&spec).map_err(infra_error)
     }
 
-    fn power_on(&self, id: &str, generation: u64) -> Result<(), InfraError> {
+    fn start_generation(&self, id: &str, generation: u64) -> Result<(), InfraError> {
         if matches!(self.runtime.state(id), Ok(RuntimeState::Running { .. }) | Ok(RuntimeState::Paused { .. })) {
             return Ok(());
         }
@@ -418,7 +482,7 @@ impl Infrastructure for LocalInfrastructure {
         Ok(())
     }
 
-    fn power_off(&self, id: &str, signal: &str, timeout_s: i64) -> Result<(), InfraError> {
+    fn power_off_inner(&self, id: &str, signal: &str, timeout_s: i64) -> Result<(), InfraError> {
         let number = signal_number(signal).unwrap_or(0);
         let timeout = Duration::from_secs(timeout_s.max(0) as u64);
         match self.runtime.stop(id, number, timeout) {
@@ -431,7 +495,7 @@ impl Infrastructure for LocalInfrastructure {
         }
     }
 
-    fn signal(&self, id: &str, signal: &str) -> Result<(), InfraError> {
+    fn signal_inner(&self, id: &str, signal: &str) -> Result<(), InfraError> {
         let number = signal_number(signal).ok_or_else(|| InfraError::Permanent(format!("unknown signal {signal}")))?;
         self.runtime.kill(id, number).map_err(infra_error)?;
         if number == libc::SIGKILL {
@@ -440,15 +504,7 @@ impl Infrastructure for LocalInfrastructure {
         Ok(())
     }
 
-    fn pause(&self, id: &str) -> Result<(), InfraError> {
-        self.runtime.pause(id).map_err(infra_error)
-    }
-
-    fn unpause(&self, id: &str) -> Result<(), InfraError> {
-        self.runtime.unpause(id).map_err(infra_error)
-    }
-
-    fn destroy(&self, id: &str) -> Result<(), InfraError> {
+    fn destroy_inner(&self, id: &str) -> Result<(), InfraError> {
         self.runtime.delete(id).map_err(infra_error)?;
         match std::fs::remove_dir_all(self.container_dir(id)) {
             Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(io_error("removing the container directory", error)),
@@ -590,6 +646,9 @@ impl ContainerPort for LocalInfrastructure {
     }
 
     fn rootfs(&self, id: &str) -> Option<PathBuf> {
+        if let Err(error) = self.materialize(id) {
+            tracing::warn!(container = %id, %error, "making the container's root filesystem failed");
+        }
         let root = self.rootfs_dir(id);
         root.exists().then_some(root)
     }

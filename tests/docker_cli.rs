@@ -157,6 +157,11 @@ fn containers_run_with_their_output_exit_codes_and_lifecycle() {
     // start -a attaches and returns the exit code.
     let output = docker.run(&["start", "-a", "counter"]);
     assert_eq!(String::from_utf8_lossy(&output.stdout), "1\n2\n3\n");
+    // docker attach to a running container sees its output until it exits.
+    docker.ok(&["run", "-d", "--name", "talker", "busybox", "sh", "-c", "sleep 1; echo attached-out; exit 3"]);
+    let attached = docker.run(&["attach", "talker"]);
+    assert_eq!(String::from_utf8_lossy(&attached.stdout), "attached-out\n");
+    assert_eq!(attached.status.code(), Some(3));
     docker.ok(&["create", "--name", "made", "busybox", "echo", "created"]);
     assert_eq!(docker.inspect("{{.State.Status}}", "made"), "created");
     assert_eq!(docker.ok(&["start", "-a", "made"]), "created\n");

@@ -478,6 +478,13 @@ fn a_follower_serves_the_leaders_views_and_its_event_stream_resumes_without_gaps
     let (status, _, body) = http_request(&follower.docker_address, "POST", "/volumes/create", Some("{\"Name\":\"nope\"}"));
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("read-only follower"), "{body}");
+    // Its lag behind the leader shows in /info, as Docker's SystemStatus and labels.
+    let (status, _, body) = http_request(&follower.docker_address, "GET", "/info", None);
+    assert_eq!(status, 200);
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let system_status = info["SystemStatus"].as_array().unwrap_or_else(|| panic!("no SystemStatus: {body}"));
+    assert!(system_status.iter().any(|pair| pair[0] == "follower.lag_events" && pair[1] == "0"), "{body}");
+    assert!(system_status.iter().any(|pair| pair[0] == "role" && pair[1] == "follower"), "{body}");
 
     // A restarted follower resumes from its own replica and catches up.
     follower.terminate();

@@ -222,6 +222,28 @@ fn measure(args: &BenchDockerArgs, address: &str, dir: &std::path::Path, raw_sam
     let create_body = r#"{"Image":"bench","Cmd":["true"],"HostConfig":{"NetworkMode":"none"}}"#;
 
     let mut connection = Connection::open(address)?;
+    // Run to exit first, before thousands of created containers exist: create, wait for the next exit, start, read the exit.
+    let mut run_samples = Vec::new();
+    for _ in 0..10 {
+        let started = Instant::now();
+        let (_, body) = connection.request("POST", "/v1.47/containers/create", create_body)?;
+        let id = serde_json::from_str::<serde_json::Value>(&body)?["Id"].as_str().unwrap_or_default().to_string();
+        let mut waiter = Connection::open(address)?;
+        let wait_path = format!("/v1.47/containers/{id}/wait?condition=next-exit");
+        let wait = std::thread::spawn(move || waiter.request("POST", &wait_path, ""));
+        std::thread::sleep(Duration::from_millis(5));
+        let (status, body) = connection.request("POST", &format!("/v1.47/containers/{id}/start"), "")?;
+        if status != 204 {
+            bail!("start failed: {status} {body}");
+        }
+        let (_, result) = wait.join().map_err(|_| anyhow::anyhow!("the wait thread panicked"))??;
+        if !result.contains("\"StatusCode\":0") {
+            bail!("the trivial command did not exit 0: {result}");
+        }
+        run_samples.push(started.elapsed().as_secs_f64() * 1000.0);
+        connection.request("DELETE", &format!("/v1.47/containers/{id}?force=1"), "")?;
+    }
+    run_samples.sort_by(f64::total_cmp);
     let mut samples = Vec::new();
     for _ in 0..args.creates {
         let started = Instant::now();
@@ -257,28 +279,6 @@ fn measure(args: &BenchDockerArgs, address: &str, dir: &std::path::Path, raw_sam
     }
     let parallel_ms = started.elapsed().as_secs_f64() * 1000.0;
 
-    // Run to exit: create, wait for the next exit, start, read the exit.
-    let mut run_samples = Vec::new();
-    for _ in 0..10 {
-        let started = Instant::now();
-        let (_, body) = connection.request("POST", "/v1.47/containers/create", create_body)?;
-        let id = serde_json::from_str::<serde_json::Value>(&body)?["Id"].as_str().unwrap_or_default().to_string();
-        let mut waiter = Connection::open(address)?;
-        let wait_path = format!("/v1.47/containers/{id}/wait?condition=next-exit");
-        let wait = std::thread::spawn(move || waiter.request("POST", &wait_path, ""));
-        std::thread::sleep(Duration::from_millis(5));
-        let (status, body) = connection.request("POST", &format!("/v1.47/containers/{id}/start"), "")?;
-        if status != 204 {
-            bail!("start failed: {status} {body}");
-        }
-        let (_, result) = wait.join().map_err(|_| anyhow::anyhow!("the wait thread panicked"))??;
-        if !result.contains("\"StatusCode\":0") {
-            bail!("the trivial command did not exit 0: {result}");
-        }
-        run_samples.push(started.elapsed().as_secs_f64() * 1000.0);
-        connection.request("DELETE", &format!("/v1.47/containers/{id}?force=1"), "")?;
-    }
-    run_samples.sort_by(f64::total_cmp);
 
     println!("# berth bench docker ({} sequential creates, {} clients, {:.1} s per rate)", args.creates, args.clients, args.seconds);
     println!();

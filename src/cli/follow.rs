@@ -212,7 +212,19 @@ async fn follow(args: FollowArgs) -> anyhow::Result<ExitCode> {
     let (portal, _) = start_portal(args.portal.portal_listen, portal_state).await?;
 
     // No bus: every Docker handler that writes answers that this is a read-only follower.
-    let state = DockerState::new(views, log.clone(), super::serve::DEFAULT_VCH, data_dir.display().to_string());
+    let mut state = DockerState::new(views, log.clone(), super::serve::DEFAULT_VCH, data_dir.display().to_string());
+    let info_status = follower.subscribe();
+    state.status = Some(Arc::new(move || {
+        let status = info_status.borrow().clone();
+        vec![
+            ("role".to_string(), "follower".to_string()),
+            ("follower.state".to_string(), format!("{:?}", status.state)),
+            ("follower.position".to_string(), status.position.0.to_string()),
+            ("follower.leader_position".to_string(), status.leader_position.0.to_string()),
+            ("follower.lag_events".to_string(), status.lag_event_count().to_string()),
+            ("follower.lag_ms".to_string(), follower_lag_ms(&status, SystemClock.now_ms()).to_string()),
+        ]
+    }));
     let listener = tokio::net::TcpListener::bind(args.docker_listen).await.with_context(|| format!("binding the Docker API to {}", args.docker_listen))?;
     let address = listener.local_addr()?;
     println!("berth {}: read-only follower of NATS {} stream {}", env!("CARGO_PKG_VERSION"), args.nats, args.nats_stream);

@@ -58,6 +58,8 @@ pub struct DockerState {
     pub data_dir: String,
     /// Where new networks get subnets (`--default-address-pool`).
     pub address_pool: networks::AddressPool,
+    /// Extra `/info` status lines (`SystemStatus`), e.g. a follower's lag.
+    pub status: Option<Arc<dyn Fn() -> Vec<(String, String)> + Send + Sync>>,
 }
 
 impl DockerState {
@@ -73,6 +75,7 @@ impl DockerState {
             started_at_ms: now_ms(),
             data_dir: data_dir.into(),
             address_pool: networks::AddressPool::default(),
+            status: None,
         }
     }
 

@@ -72,12 +72,15 @@ pub async fn info(State(state): State<DockerState>) -> impl IntoResponse {
         (total, running, paused, total - running - paused, views.images.len(), views.vchs.get(&state.vch).cloned())
     });
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default();
+    let system_status: Vec<(String, String)> = state.status.as_ref().map(|status| status()).unwrap_or_default();
     let mut labels = vec![format!("berth.vch={}", state.vch)];
+    labels.extend(system_status.iter().map(|(key, value)| format!("berth.{key}={value}")));
     if let Some(vch) = &vch {
         labels.push(format!("berth.target={}", vch.spec.target));
     }
     Json(serde_json::json!({
         "ID": format!("berth-{}", state.vch),
+        "SystemStatus": if system_status.is_empty() { serde_json::Value::Null } else { serde_json::json!(system_status.iter().map(|(k, v)| [k, v]).collect::<Vec<_>>()) },
         "Containers": containers,
         "ContainersRunning": running,
         "ContainersPaused": paused,

@@ -8,7 +8,10 @@
 //!   a `Last-Event-ID` header (what `EventSource` sends when it reconnects)
 //!   takes precedence, so a resumed stream continues with no gap;
 //! - `follow=false`: end the stream once it has reached the head the log had
-//!   when the request came, instead of waiting for new commits.
+//!   when the request came, instead of waiting for new commits;
+//! - `views=true`: after each event, an `event: view` with the view of the
+//!   object it changed as it was right after that event (`null` once the
+//!   object is gone), folded by the production projection from position 0.
 //!
 //! Heartbeats are comment lines (`:heartbeat`) after every quiet interval,
 //! so proxies keep the connection and clients notice a dead one. A slow
@@ -25,6 +28,7 @@ use axum::response::{IntoResponse, Response};
 use berth_core::ids::STREAM_KEY_LENGTH_BYTES_MAX;
 use berth_core::log::EventLog;
 use berth_core::{Position, ReadError, RecordedEvent, StreamKind};
+use berth_projections::DockerViews;
 use futures_util::stream;
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -44,6 +48,7 @@ pub struct EventFilter {
     pub id: Option<String>,
     pub after: Position,
     pub follow: bool,
+    pub views: bool,
 }
 
 fn parse_position(text: &str, source: &str, head: Position) -> Result<Position, String> {
@@ -56,7 +61,7 @@ fn parse_position(text: &str, source: &str, head: Position) -> Result<Position, 
 
 /// Parses the query and the `Last-Event-ID` header; `Err` is the 400's reason.
 pub fn parse_filter(query: &[(String, String)], last_event_id: Option<&str>, head: Position) -> Result<EventFilter, String> {
-    let mut filter = EventFilter { vch: None, kind: None, id: None, after: Position(0), follow: true };
+    let mut filter = EventFilter { vch: None, kind: None, id: None, after: Position(0), follow: true, views: false };
     for (name, value) in query {
         match name.as_str() {
             "vch" => {
@@ -86,7 +91,14 @@ pub fn parse_filter(query: &[(String, String)], last_event_id: Option<&str>, hea
                     other => return Err(format!("follow must be true or false, not {other:?}")),
                 }
             }
-            other => return Err(format!("unknown query parameter {other:?}: use vch, kind, id, since or follow")),
+            "views" => {
+                filter.views = match value.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    other => return Err(format!("views must be true or false, not {other:?}")),
+                }
+            }
+            other => return Err(format!("unknown query parameter {other:?}: use vch, kind, id, since, follow or views")),
         }
     }
     if let Some(last_event_id) = last_event_id {
@@ -115,20 +127,66 @@ struct Cursor {
     /// The head when the request came; a `follow=false` stream ends there.
     end: Position,
     after: Position,
-    ready: VecDeque<RecordedEvent>,
+    ready: VecDeque<Event>,
     resolver: Option<VchResolver>,
+    /// The views as of `after`, when the client asked for view changes.
+    views: Option<DockerViews>,
     _slot: OwnedSemaphorePermit,
 }
 
-/// Reads the next batch after `after` and keeps the events the filter admits.
-fn read_matching(log: &dyn EventLog, filter: &EventFilter, resolver: &mut VchResolver, after: Position) -> Result<(Position, Vec<RecordedEvent>), ReadError> {
+/// The view of the object an event changed, as JSON (`null` once it is gone).
+fn view_change(views: &DockerViews, event: &RecordedEvent) -> serde_json::Value {
+    let key = &event.stream.key;
+    let view = match event.stream.kind {
+        StreamKind::Vch => serde_json::to_value(views.vchs.get(key)),
+        StreamKind::Container => serde_json::to_value(views.containers.get(key)),
+        StreamKind::Image => serde_json::to_value(views.images.get(key)),
+        StreamKind::Volume => serde_json::to_value(views.volumes.get(key)),
+        StreamKind::Network => serde_json::to_value(views.networks.get(key)),
+    };
+    serde_json::json!({
+        "position": event.position.0,
+        "kind": event.stream.kind.as_str(),
+        "id": key,
+        "view": view.unwrap_or(serde_json::Value::Null),
+    })
+}
+
+/// Reads the next batch after `after` and keeps the events the filter admits,
+/// each with its view change when `views` is kept.
+fn read_matching(
+    log: &dyn EventLog,
+    filter: &EventFilter,
+    resolver: &mut VchResolver,
+    views: &mut Option<DockerViews>,
+    after: Position,
+) -> Result<(Position, Vec<(RecordedEvent, Option<serde_json::Value>)>), ReadError> {
+    if let Some(views) = views.as_mut() {
+        // Catch the views up to the resume point first (only on the first read).
+        while views.position < after {
+            let batch = log.read_all(views.position, READ_BATCH_EVENT_COUNT_MAX)?;
+            if batch.is_empty() {
+                break;
+            }
+            for event in batch.iter().filter(|e| e.position <= after) {
+                views.apply(event);
+            }
+            if batch.last().map(|e| e.position >= after).unwrap_or(true) {
+                break;
+            }
+        }
+    }
     let batch = log.read_all(after, READ_BATCH_EVENT_COUNT_MAX)?;
     let last = batch.last().map(|event| event.position).unwrap_or(after);
     let mut matching = Vec::new();
     for event in batch {
+        if let Some(views) = views.as_mut() {
+            views.apply(&event);
+        }
         let vch = if filter.needs_vch() { Some(resolver.vch_of(log, &event)?) } else { None };
         if filter.admits(&event, vch.as_deref()) {
-            matching.push(event);
+            let change = views.as_ref().map(|views| view_change(views, &event));
+            matching.push((event, change));
         }
     }
     Ok((last, matching))
@@ -142,8 +200,7 @@ fn sse_event(recorded: &RecordedEvent) -> Event {
 /// The next SSE event of a cursor, or `None` when the stream is over.
 async fn next_event(mut cursor: Cursor) -> Option<(Result<Event, Infallible>, Cursor)> {
     loop {
-        if let Some(event) = cursor.ready.pop_front() {
-            let sse = sse_event(&event);
+        if let Some(sse) = cursor.ready.pop_front() {
             return Some((Ok(sse), cursor));
         }
         if !cursor.filter.follow && cursor.after >= cursor.end {
@@ -161,17 +218,25 @@ async fn next_event(mut cursor: Cursor) -> Option<(Result<Event, Infallible>, Cu
         let filter = cursor.filter.clone();
         let after = cursor.after;
         let mut resolver = cursor.resolver.take().unwrap_or_default();
+        let mut views = cursor.views.take();
         let read = tokio::task::spawn_blocking(move || {
-            let result = read_matching(log.as_ref(), &filter, &mut resolver, after);
-            (resolver, result)
+            let result = read_matching(log.as_ref(), &filter, &mut resolver, &mut views, after);
+            (resolver, views, result)
         })
         .await;
-        let Ok((resolver, result)) = read else { return None };
+        let Ok((resolver, views, result)) = read else { return None };
         cursor.resolver = Some(resolver);
+        cursor.views = views;
         match result {
             Ok((last, matching)) => {
                 cursor.after = last;
-                cursor.ready.extend(matching);
+                for (event, change) in matching {
+                    cursor.ready.push_back(sse_event(&event));
+                    if let Some(change) = change {
+                        // The view follows its event at once, under the same id.
+                        cursor.ready.push_back(Event::default().id(event.position.0.to_string()).event("view").data(change.to_string()));
+                    }
+                }
             }
             Err(error) => {
                 // The client sees the failure as a comment line, then the stream ends
@@ -200,6 +265,7 @@ pub async fn stream_events(State(state): State<PortalState>, Query(query): Query
     let Ok(slot) = state.event_stream_slots.clone().try_acquire_owned() else {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too many event streams are open; try again later").into_response();
     };
+    let filter_views = filter.views;
     let cursor = Cursor {
         log: state.log.clone(),
         head: state.head.clone(),
@@ -208,6 +274,7 @@ pub async fn stream_events(State(state): State<PortalState>, Query(query): Query
         end: head,
         ready: VecDeque::new(),
         resolver: None,
+        views: if filter_views { Some(DockerViews::default()) } else { None },
         _slot: slot,
     };
     Sse::new(stream::unfold(cursor, next_event)).keep_alive(KeepAlive::new().interval(state.heartbeat_interval).text("heartbeat")).into_response()
