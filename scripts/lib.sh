@@ -46,6 +46,8 @@ ensure_runtime_dependencies() {
 ensure_test_dependencies() {
   ensure_runtime_dependencies
   ensure_debian_packages busybox-static skopeo tar
+  # vcsim, the vSphere simulator, built from Debian's govmomi sources.
+  "$BERTH_ROOT/scripts/vcsim.sh" >/dev/null
   if ! command -v docker >/dev/null; then
     ensure_debian_packages docker.io
   fi

@@ -104,7 +104,23 @@ pub async fn wait(State(state): State<DockerState>, Path(reference): Path<String
         };
         // Bounded by a day: a wait is a long poll, but never an endless one.
         let finished = wait_until(&state, &id, Duration::from_secs(24 * 3600), done).await;
-        let code = *exit_code.lock();
+        let mut code = *exit_code.lock();
+        let gone = state.views.read(|views| !views.containers.contains_key(&id));
+        if gone {
+            // The exit and the removal may reach the views in one step (`--rm`):
+            // the exit code then comes from the container's own stream.
+            let log = state.log.clone();
+            let stream = berth_core::StreamId::new(berth_core::StreamKind::Container, id.clone());
+            let recorded = tokio::task::spawn_blocking(move || log.read_stream(&stream, berth_core::StreamVersion(0), usize::MAX)).await;
+            if let Ok(Ok(events)) = recorded {
+                if let Some(last_exit) = events.iter().rev().find_map(|e| match &e.event {
+                    berth_core::DomainEvent::ContainerExited { exit_code, .. } => Some(*exit_code),
+                    _ => None,
+                }) {
+                    code = last_exit;
+                }
+            }
+        }
         let line = if finished {
             json!({ "StatusCode": code, "Error": null })
         } else {
