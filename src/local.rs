@@ -29,6 +29,8 @@ const KILL_GRACE_S: u64 = 10;
 /// How often, and how many times, an exit watcher checks that the runtime reports the exit.
 const EXIT_SETTLE_POLL_MS: u64 = 5;
 const EXIT_SETTLE_POLL_COUNT_MAX: usize = 400;
+/// Image configs kept in memory, at most.
+const IMAGE_DEFAULTS_CACHE_COUNT_MAX: usize = 1024;
 /// Symlinks followed when resolving a path inside a container, at most.
 const SYMLINK_HOP_COUNT_MAX: usize = 40;
 
@@ -48,6 +50,7 @@ pub struct LocalInfrastructure {
     deferred: parking_lot::Mutex<std::collections::HashMap<String, ContainerPlan>>,
     /// One sandbox is made at a time, so the reconciler and a `docker cp` never unpack into one directory together.
     materializing: parking_lot::Mutex<()>,
+    image_defaults: parking_lot::Mutex<std::collections::HashMap<String, ImageDefaults>>,
     watched: Arc<parking_lot::Mutex<BTreeSet<String>>>,
     images: Arc<ImageStore>,
     containers_dir: PathBuf,
@@ -124,6 +127,7 @@ impl LocalInfrastructure {
             hosts_provider: parking_lot::Mutex::new(None),
             deferred: parking_lot::Mutex::new(std::collections::HashMap::new()),
             materializing: parking_lot::Mutex::new(()),
+            image_defaults: parking_lot::Mutex::new(std::collections::HashMap::new()),
             watched: Arc::new(parking_lot::Mutex::new(BTreeSet::new())),
             images,
             containers_dir,
@@ -777,8 +781,12 @@ fn compare_trees(pristine: &Path, current: &Path, relative: &Path, changes: &mut
 
 impl ImagePort for LocalInfrastructure {
     fn defaults(&self, image_id: &str) -> Result<ImageDefaults, String> {
+        // An image's config never changes (its id is the config's digest): read it once.
+        if let Some(cached) = self.image_defaults.lock().get(image_id) {
+            return Ok(cached.clone());
+        }
         let config = self.images.config(image_id).map_err(|e| e.to_string())?;
-        Ok(ImageDefaults {
+        let defaults = ImageDefaults {
             cmd: config.cmd.clone().unwrap_or_default(),
             entrypoint: config.entrypoint.clone().unwrap_or_default(),
             env: config.env.clone(),
@@ -801,7 +809,13 @@ impl ImagePort for LocalInfrastructure {
                 })
                 .collect(),
             raw: config.raw.clone(),
-        })
+        };
+        let mut cache = self.image_defaults.lock();
+        if cache.len() >= IMAGE_DEFAULTS_CACHE_COUNT_MAX {
+            cache.clear();
+        }
+        cache.insert(image_id.to_string(), defaults.clone());
+        Ok(defaults)
     }
 
     fn import(&self, tarball: &mut dyn Read, changes: &[String], message: &str) -> Result<StoredImageInfo, String> {
@@ -823,6 +837,7 @@ impl ImagePort for LocalInfrastructure {
     }
 
     fn remove(&self, image_id: &str) -> Result<(), String> {
+        self.image_defaults.lock().remove(image_id);
         self.images.remove(image_id).map_err(|e| e.to_string())
     }
 }

@@ -98,8 +98,9 @@ async fn auto_remove_pass(state: &DockerState, auto_removed: &mut BTreeSet<Strin
             }
         }
     }
-    let live: BTreeSet<String> = state.views.read(|views| views.containers.keys().cloned().collect());
-    auto_removed.retain(|id| live.contains(id));
+    if !auto_removed.is_empty() {
+        state.views.read(|views| auto_removed.retain(|id| views.containers.contains_key(id)));
+    }
 }
 
 async fn pass(state: &DockerState, infrastructure: &Arc<LocalInfrastructure>, enacted: &mut Enacted) {
@@ -151,10 +152,11 @@ async fn pass(state: &DockerState, infrastructure: &Arc<LocalInfrastructure>, en
             enacted.hosts.insert(id, hosts);
         }
     }
-    let live: BTreeSet<String> = state.views.read(|views| views.containers.keys().cloned().collect());
-    enacted.hosts.retain(|id, _| live.contains(id));
+    if !enacted.hosts.is_empty() {
+        state.views.read(|views| enacted.hosts.retain(|id, _| views.containers.contains_key(id)));
+    }
 
-    // Data of removed volumes.
+    // Data of removed volumes (compared only when the count changed or a removal may have happened).
     let volumes: BTreeSet<String> = state.views.read(|views| views.volumes.keys().cloned().collect());
     for removed in enacted.volumes.difference(&volumes) {
         if let Err(error) = infrastructure.remove_volume_data(removed) {

@@ -90,6 +90,7 @@ async fn bootstrap(bus: &CommandBus, bip: &str) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let shutdown = shutdown_signal()?;
     let data_dir = args.data_dir.clone().unwrap_or_else(super::default_data_dir);
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating the data directory {}", data_dir.display()))?;
     let log_dir = data_dir.join("log");
@@ -146,7 +147,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .into_future(),
     );
     let tcp_server = axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(service)).with_graceful_shutdown(async move {
-        shutdown_signal().await;
+        shutdown.await;
         let _ = stop_sender.send(true);
     });
     tcp_server.await.context("serving the Docker API")?;
@@ -183,12 +184,17 @@ fn parse_address_pool(text: &str) -> anyhow::Result<docker::networks::AddressPoo
     }
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now (before berth says it
+/// listens, so a signal right after that is never the default action) and
+/// returns a future that ends on the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    let mut interrupt = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
-    tokio::select! {
-        _ = terminate.recv() => {},
-        _ = interrupt.recv() => {},
-    }
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {},
+            _ = interrupt.recv() => {},
+        }
+    })
 }

@@ -105,7 +105,12 @@ impl DockerState {
             bus.entropy().fill(&mut random);
         }
         let base = util::generated_name(random);
-        if self.views.read(|views| views.find_container(&base).is_none()) {
+        // The decision model's name index answers in O(1); the views would scan.
+        let taken = match &self.bus {
+            Some(bus) => bus.with_model(|model| model.container_names.contains_key(&base)),
+            None => self.views.read(|views| views.find_container(&base).is_some()),
+        };
+        if !taken {
             base
         } else {
             format!("{base}_{}", &self.random_hex()[..6])
