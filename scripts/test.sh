@@ -7,6 +7,10 @@ ensure_test_dependencies
 # The NATS relay and follower are tested against real nats-server processes.
 ensure_debian_packages nats-server
 cd "$BERTH_ROOT"
+if cargo fmt --version >/dev/null 2>&1; then
+  log "checking the formatting (rustfmt.toml)"
+  cargo fmt --all -- --check
+fi
 log "building the workspace and its tests"
 cargo build --locked --workspace --all-targets
 log "running the tests"

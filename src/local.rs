@@ -8,7 +8,8 @@
 //! `volumes/<name>/_data`.
 
 use berth_api::docker::ports::{
-    ContainerPort, ContainerStats, ExecSession, FileChange, HistoryStep, ImageDefaults, ImagePort, LogEntry, OutputStream, ProcessTable, StoredImageInfo,
+    ContainerPort, ContainerStats, ExecSession, FileChange, HistoryStep, ImageDefaults, ImagePort, LogEntry, OutputStream, ProcessTable,
+    StoredImageInfo,
 };
 use berth_core::events::VchSpec;
 use berth_core::infrastructure::{ContainerPlan, InfraError, Infrastructure, NetworkPlan, ObservedContainer, ObservedPower};
@@ -296,7 +297,11 @@ fn port_bindings(plan: &ContainerPlan) -> Result<Vec<PortBinding>, InfraError> {
         };
         for host in hosts {
             let host_ip: Option<IpAddr> = if host.host_ip.is_empty() { None } else { host.host_ip.parse().ok() };
-            let host_port: u16 = if host.host_port.is_empty() { 0 } else { host.host_port.parse().map_err(|_| InfraError::Permanent(format!("bad host port {}", host.host_port)))? };
+            let host_port: u16 = if host.host_port.is_empty() {
+                0
+            } else {
+                host.host_port.parse().map_err(|_| InfraError::Permanent(format!("bad host port {}", host.host_port)))?
+            };
             bindings.push(PortBinding { container_port, protocol, host_ip, host_port });
         }
     }
@@ -313,10 +318,9 @@ impl Infrastructure for LocalInfrastructure {
             .filter(|plan| !listed.iter().any(|(id, _)| id == &plan.id))
             .map(|plan| ObservedContainer { id: plan.id.clone(), vch: plan.vch.clone(), generation: 0, power: ObservedPower::Created })
             .collect();
-        Ok(deferred.into_iter().chain(listed
-
+        Ok(deferred
             .into_iter()
-            .map(|(id, state)| {
+            .chain(listed.into_iter().map(|(id, state)| {
                 let generation = self.read_small(&id, "generation").and_then(|g| g.parse().ok()).unwrap_or(0);
                 let vch = self.read_small(&id, "vch").unwrap_or_else(|| "default".into());
                 if matches!(state, RuntimeState::Running { .. } | RuntimeState::Paused { .. }) {
@@ -420,7 +424,9 @@ impl LocalInfrastructure {
             let partial = dir.join("rootfs.partial");
             let _ = std::fs::remove_dir_all(&partial);
             std::fs::create_dir_all(&partial).map_err(|e| io_error("creating the root filesystem", e))?;
-            self.images.unpack_rootfs(&plan.image_id, &partial).map_err(|e| InfraError::Permanent(format!("unpacking {}: {e}", plan.image_id)))?;
+            self.images
+                .unpack_rootfs(&plan.image_id, &partial)
+                .map_err(|e| InfraError::Permanent(format!("unpacking {}: {e}", plan.image_id)))?;
             std::fs::rename(&partial, &rootfs).map_err(|e| io_error("placing the root filesystem", e))?;
         }
         let mut mounts = Vec::new();
@@ -454,7 +460,11 @@ impl LocalInfrastructure {
             network_mode,
             port_bindings: port_bindings(plan)?,
             mounts,
-            resources: Resources { memory_bytes: plan.spec.host.memory_bytes, nano_cpus: plan.spec.host.nano_cpus, cpu_shares: plan.spec.host.cpu_shares },
+            resources: Resources {
+                memory_bytes: plan.spec.host.memory_bytes,
+                nano_cpus: plan.spec.host.nano_cpus,
+                cpu_shares: plan.spec.host.cpu_shares,
+            },
             stop_signal: plan.spec.stop_signal.as_deref().and_then(signal_number).unwrap_or(0),
         };
         write_durably(&dir.join("vch"), plan.vch.as_bytes()).map_err(|e| io_error("recording the VCH", e))?;
@@ -580,8 +590,24 @@ impl ContainerPort for LocalInfrastructure {
         attachment.resize(width, height).map_err(|e| e.to_string())
     }
 
-    fn exec(&self, id: &str, cmd: &[String], env: &[String], working_dir: &str, user: &str, tty: bool, stdin: bool) -> Result<ExecSession, String> {
-        let spec = ExecSpec { args: cmd.to_vec(), env: env.to_vec(), working_dir: working_dir.into(), user: user.into(), tty, attach_stdin: stdin };
+    fn exec(
+        &self,
+        id: &str,
+        cmd: &[String],
+        env: &[String],
+        working_dir: &str,
+        user: &str,
+        tty: bool,
+        stdin: bool,
+    ) -> Result<ExecSession, String> {
+        let spec = ExecSpec {
+            args: cmd.to_vec(),
+            env: env.to_vec(),
+            working_dir: working_dir.into(),
+            user: user.into(),
+            tty,
+            attach_stdin: stdin,
+        };
         let mut process = self.runtime.exec(id, &spec).map_err(|e| e.to_string())?;
         let pid = process.pid().max(0) as u32;
         let mut outputs: Vec<(OutputStream, Box<dyn Read + Send>)> = Vec::new();
@@ -605,8 +631,11 @@ impl ContainerPort for LocalInfrastructure {
         }
         let process = Arc::new(parking_lot::Mutex::new(process));
         let for_resize = process.clone();
-        let resizer: Option<Box<dyn Fn(u16, u16) -> Result<(), String> + Send + Sync>> =
-            if tty { Some(Box::new(move |width, height| for_resize.lock().resize(width, height).map_err(|e| e.to_string()))) } else { None };
+        let resizer: Option<Box<dyn Fn(u16, u16) -> Result<(), String> + Send + Sync>> = if tty {
+            Some(Box::new(move |width, height| for_resize.lock().resize(width, height).map_err(|e| e.to_string())))
+        } else {
+            None
+        };
         let waiter = Box::new(move || process.lock().wait().map_err(|e| e.to_string()));
         Ok(ExecSession { stdin: stdin_writer, outputs, waiter, resizer, pid })
     }
@@ -691,7 +720,11 @@ impl ContainerPort for LocalInfrastructure {
         if metadata.file_type().is_symlink() {
             mode |= 1 << 27;
         }
-        let link_target = if metadata.file_type().is_symlink() { std::fs::read_link(&resolved).map(|t| t.to_string_lossy().to_string()).unwrap_or_default() } else { String::new() };
+        let link_target = if metadata.file_type().is_symlink() {
+            std::fs::read_link(&resolved).map(|t| t.to_string_lossy().to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
         let mtime = time::OffsetDateTime::from_unix_timestamp(metadata.mtime())
             .ok()
             .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
@@ -828,7 +861,12 @@ impl ImagePort for LocalInfrastructure {
         let loaded = self.images.load(archive).map_err(|e| e.to_string())?;
         Ok(loaded
             .into_iter()
-            .map(|l| StoredImageInfo { id: l.image.id, layer_digests: l.image.layer_digests, size_bytes: l.image.size_bytes, repo_tags: l.repo_tags })
+            .map(|l| StoredImageInfo {
+                id: l.image.id,
+                layer_digests: l.image.layer_digests,
+                size_bytes: l.image.size_bytes,
+                repo_tags: l.repo_tags,
+            })
             .collect())
     }
 

@@ -44,7 +44,8 @@ fn dependencies_point_inward() {
         ("simulations", &["berth-core", "berth-projections", "berth-engine"]),
     ];
     for member in members() {
-        let deps: Vec<String> = dependencies(&root().join(&member).join("Cargo.toml")).into_iter().filter(|d| d.starts_with("berth")).collect();
+        let deps: Vec<String> =
+            dependencies(&root().join(&member).join("Cargo.toml")).into_iter().filter(|d| d.starts_with("berth")).collect();
         let allowed: Vec<&str> = if member.starts_with("adapters/") {
             vec!["berth-core", "berth-projections", "berth-engine"]
         } else {

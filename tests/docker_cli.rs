@@ -30,7 +30,11 @@ impl Docker {
 
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new("docker");
-        command.args(args).env("DOCKER_HOST", self.server.docker_host()).env_remove("DOCKER_CONTEXT").env("DOCKER_CONFIG", self._image_dir.path());
+        command
+            .args(args)
+            .env("DOCKER_HOST", self.server.docker_host())
+            .env_remove("DOCKER_CONTEXT")
+            .env("DOCKER_CONFIG", self._image_dir.path());
         command
     }
 
@@ -121,7 +125,10 @@ fn containers_run_with_their_output_exit_codes_and_lifecycle() {
     assert!(docker.ok(&["run", "--rm", "-t", "busybox", "echo", "tty"]).contains("tty"));
 
     // run -d, ps, logs, stop, start, restart, kill, wait, rm
-    let id = docker.ok(&["run", "-d", "--name", "sleeper", "busybox", "sh", "-c", "trap 'exit 0' TERM; echo started; while true; do sleep 1; done"]).trim().to_string();
+    let id = docker
+        .ok(&["run", "-d", "--name", "sleeper", "busybox", "sh", "-c", "trap 'exit 0' TERM; echo started; while true; do sleep 1; done"])
+        .trim()
+        .to_string();
     assert_eq!(id.len(), 64);
     wait_for("the sleeper's first line", || docker.ok(&["logs", "sleeper"]).contains("started"));
     let ps = docker.ok(&["ps", "--format", "{{.Names}} {{.Status}}"]);
@@ -188,7 +195,11 @@ fn exec_pause_top_stats_update_port_diff_cp_and_export() {
     // The published port reaches httpd inside.
     let mut body = String::new();
     wait_for("the published port", || {
-        body = Command::new("bash").args(["-c", "exec 3<>/dev/tcp/127.0.0.1/18080 && printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"]).output().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+        body = Command::new("bash")
+            .args(["-c", "exec 3<>/dev/tcp/127.0.0.1/18080 && printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
         body.contains("hello from berth")
     });
     // pause/unpause
@@ -297,7 +308,9 @@ fn networks_connect_containers_by_name() {
     // connect/disconnect a running container.
     docker.ok(&["run", "-d", "--name", "client", "busybox", "sleep", "1000"]);
     docker.ok(&["network", "connect", "backend", "client"]);
-    wait_for("client to reach server", || docker.run(&["exec", "client", "wget", "-q", "-O", "-", "http://server/index.html"]).status.success());
+    wait_for("client to reach server", || {
+        docker.run(&["exec", "client", "wget", "-q", "-O", "-", "http://server/index.html"]).status.success()
+    });
     assert!(docker.ok(&["network", "inspect", "backend", "--format", "{{range .Containers}}{{.Name}} {{end}}"]).contains("client"));
     docker.ok(&["network", "disconnect", "backend", "client"]);
     let (code, message) = docker.fails(&["network", "rm", "backend"]);
@@ -342,7 +355,17 @@ fn events_come_from_the_log_with_filters() {
         assert!(lines.contains(&expected), "missing {expected:?} in {events}");
     }
     assert!(!events.contains("evvol"));
-    let volumes = docker.ok(&["events", "--since", "0", "--until", &until.to_string(), "--filter", "type=volume", "--format", "{{.Action}} {{.Actor.ID}}"]);
+    let volumes = docker.ok(&[
+        "events",
+        "--since",
+        "0",
+        "--until",
+        &until.to_string(),
+        "--filter",
+        "type=volume",
+        "--format",
+        "{{.Action}} {{.Actor.ID}}",
+    ]);
     assert!(volumes.contains("create evvol"), "{volumes}");
     assert!(docker.ok(&["system", "df"]).contains("Images"));
 }

@@ -23,7 +23,8 @@ fn the_python_docker_sdk_works() {
     let tarball = dir.path().join("rootfs.tar");
     assert!(Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tarball).arg(".").status().unwrap().success());
     let docker = |args: &[&str]| {
-        let output = Command::new("docker").args(args).env("DOCKER_HOST", server.docker_host()).env("DOCKER_CONFIG", dir.path()).output().unwrap();
+        let output =
+            Command::new("docker").args(args).env("DOCKER_HOST", server.docker_host()).env("DOCKER_CONFIG", dir.path()).output().unwrap();
         assert!(output.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     };
     docker(&["import", tarball.to_str().unwrap(), "busybox:latest"]);

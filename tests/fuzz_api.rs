@@ -37,9 +37,32 @@ fn value(random: &mut Random, depth: u32) -> String {
         4 => format!("{:?}", random.pick(&["busybox", "bridge", "none", "host", "/data", "80/tcp", "KILL"])),
         5 => format!("[{}]", (0..random.next() % 3).map(|_| value(random, depth + 1)).collect::<Vec<_>>().join(",")),
         _ => {
-            let keys = ["Image", "Cmd", "Entrypoint", "Env", "HostConfig", "Name", "Driver", "Labels", "IPAM", "Config", "Subnet", "Binds",
-                "PortBindings", "NetworkMode", "Memory", "AttachStdin", "Tty", "Container", "EndpointConfig", "Internal", "Volumes", "ExposedPorts"];
-            let fields: Vec<String> = (0..random.next() % 5).map(|_| format!("{:?}:{}", random.pick(&keys), value(random, depth + 1))).collect();
+            let keys = [
+                "Image",
+                "Cmd",
+                "Entrypoint",
+                "Env",
+                "HostConfig",
+                "Name",
+                "Driver",
+                "Labels",
+                "IPAM",
+                "Config",
+                "Subnet",
+                "Binds",
+                "PortBindings",
+                "NetworkMode",
+                "Memory",
+                "AttachStdin",
+                "Tty",
+                "Container",
+                "EndpointConfig",
+                "Internal",
+                "Volumes",
+                "ExposedPorts",
+            ];
+            let fields: Vec<String> =
+                (0..random.next() % 5).map(|_| format!("{:?}:{}", random.pick(&keys), value(random, depth + 1))).collect();
             format!("{{{}}}", fields.join(","))
         }
     }
@@ -66,15 +89,21 @@ fn random_requests_never_break_the_server() {
         "/v1.47/containers/json?filters=",
     ];
     for round in 0..400 {
-        let path = format!("{}{}", random.pick(&paths), random.text().replace(' ', "%20").replace('\n', "").replace('"', "%22").replace('\\', ""));
-        let path = if path.contains("/x/") { path.replace("/x/", &format!("/{}/", random.pick(&["x", "bridge", "nope", "%2e%2e", "0"]))) } else { path };
+        let path =
+            format!("{}{}", random.pick(&paths), random.text().replace(' ', "%20").replace('\n', "").replace('"', "%22").replace('\\', ""));
+        let path = if path.contains("/x/") {
+            path.replace("/x/", &format!("/{}/", random.pick(&["x", "bridge", "nope", "%2e%2e", "0"])))
+        } else {
+            path
+        };
         let method = if path.contains("json?") { "GET" } else { "POST" };
         let body = value(&mut random, 0);
         let (status, _, response) = http_request(&server.docker_address, method, &path, Some(&body));
         assert!(status != 0, "round {round} (seed {seed}): no answer to {method} {path} {body}");
         assert!(status < 500, "round {round} (seed {seed}): {status} for {method} {path} {body}: {response}");
         if status >= 400 {
-            let parsed: serde_json::Value = serde_json::from_str(&response).unwrap_or_else(|_| panic!("round {round}: error body is not JSON: {response}"));
+            let parsed: serde_json::Value =
+                serde_json::from_str(&response).unwrap_or_else(|_| panic!("round {round}: error body is not JSON: {response}"));
             assert!(parsed["message"].is_string(), "round {round}: {response}");
         }
     }

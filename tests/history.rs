@@ -27,7 +27,8 @@ fn replay_and_audit_read_history_beside_a_live_berth() {
     assert_eq!(support::http_request(&server.docker_address, "DELETE", "/v1.47/volumes/first", None).0, 204);
 
     // At the position after the first create: only "first".
-    let at_position: serde_json::Value = serde_json::from_str(&berth(&["replay", "--until", &head_after_first.to_string(), "--json"], &server.data_dir)).unwrap();
+    let at_position: serde_json::Value =
+        serde_json::from_str(&berth(&["replay", "--until", &head_after_first.to_string(), "--json"], &server.data_dir)).unwrap();
     let volumes: Vec<&str> = at_position["volumes"].as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(volumes, vec!["first"]);
     // At a time between the two creates: the same.
@@ -67,7 +68,11 @@ fn replay_and_audit_read_history_beside_a_live_berth() {
     assert_eq!(views[1]["view"]["name"], "second");
     assert!(views[2]["view"].is_null(), "a removed volume has no view: {}", views[2]);
     // Bad input gets a clear error.
-    let output = Command::new(support::berth_binary()).args(["replay", "--until", "yesterday", "--data-dir"]).arg(&server.data_dir).output().unwrap();
+    let output = Command::new(support::berth_binary())
+        .args(["replay", "--until", "yesterday", "--data-dir"])
+        .arg(&server.data_dir)
+        .output()
+        .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("neither a position"));
 }

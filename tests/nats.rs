@@ -57,7 +57,8 @@ impl Nats {
     fn with_jetstream(store: &Path, jetstream: bool) -> Nats {
         let port = free_port();
         let monitor_port = free_port();
-        let mut args: Vec<String> = vec!["-a".into(), "127.0.0.1".into(), "-p".into(), port.to_string(), "-m".into(), monitor_port.to_string()];
+        let mut args: Vec<String> =
+            vec!["-a".into(), "127.0.0.1".into(), "-p".into(), port.to_string(), "-m".into(), monitor_port.to_string()];
         if jetstream {
             args.extend(["-js".into(), "-sd".into(), store.display().to_string()]);
         }
@@ -73,7 +74,12 @@ impl Nats {
         for index in 0..3 {
             let port = free_port();
             let monitor_port = free_port();
-            let routes: Vec<String> = cluster_ports.iter().enumerate().filter(|(other, _)| *other != index).map(|(_, p)| format!("nats://127.0.0.1:{p}")).collect();
+            let routes: Vec<String> = cluster_ports
+                .iter()
+                .enumerate()
+                .filter(|(other, _)| *other != index)
+                .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
+                .collect();
             let args = vec![
                 "-js".to_string(),
                 "-a".into(),
@@ -114,9 +120,7 @@ impl Nats {
                 Ok(())
             });
         }
-        let child = command
-            .spawn()
-            .expect("starting nats-server (apt-get install nats-server)");
+        let child = command.spawn().expect("starting nats-server (apt-get install nats-server)");
         self.child = Some(child);
         let port = self.port;
         wait_until(STARTUP_TIMEOUT, "nats-server listens", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
@@ -184,7 +188,8 @@ fn create_volume(leader: &Leader, name: &str) {
 
 /// Every event of the log, read beside (or after) a running berth.
 fn log_events(data_dir: &Path) -> Vec<RecordedEvent> {
-    let output = Command::new(berth_binary()).args(["log", "tail", "--json", "-n", "100000000", "--data-dir"]).arg(data_dir).output().unwrap();
+    let output =
+        Command::new(berth_binary()).args(["log", "tail", "--json", "-n", "100000000", "--data-dir"]).arg(data_dir).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).lines().map(|line| serde_json::from_str(line).expect("an event per line")).collect()
 }
@@ -208,7 +213,12 @@ fn read_stream(url: &str) -> Vec<StoredMessage> {
 fn assert_stream_is_log_prefix(messages: &[StoredMessage], events: &[RecordedEvent]) {
     assert!(messages.len() <= events.len(), "the stream has {} messages, the log {} events", messages.len(), events.len());
     for (index, (message, event)) in messages.iter().zip(events).enumerate() {
-        assert_eq!(message.position, Some(event.position.0), "message {index} (sequence {}) is not the log's event {index}", message.sequence);
+        assert_eq!(
+            message.position,
+            Some(event.position.0),
+            "message {index} (sequence {}) is not the log's event {index}",
+            message.sequence
+        );
         assert_eq!(message.event.as_ref(), Some(event), "message {index} carries another event");
         assert_eq!(message.message_id.as_deref(), Some(event.event_id.to_string().as_str()));
         if index > 0 {
@@ -318,7 +328,12 @@ fn a_three_node_cluster_keeps_the_stream_available_with_one_node_stopped() {
     let details = nodes[0].monitor("/jsz?accounts=true&streams=true");
     let stream_leader = details["account_details"]
         .as_array()
-        .and_then(|accounts| accounts.iter().flat_map(|account| account["stream_detail"].as_array().cloned().unwrap_or_default()).find(|stream| stream["name"] == STREAM))
+        .and_then(|accounts| {
+            accounts
+                .iter()
+                .flat_map(|account| account["stream_detail"].as_array().cloned().unwrap_or_default())
+                .find(|stream| stream["name"] == STREAM)
+        })
         .and_then(|stream| stream["cluster"]["leader"].as_str().map(str::to_string));
     let stopped = stream_leader.and_then(|name| name.strip_prefix("node-").and_then(|index| index.parse::<usize>().ok())).unwrap_or(0);
     nodes[stopped].kill();
@@ -357,7 +372,8 @@ fn random_workload(leader: &Leader, seed: u64, operation_count: usize) {
             }
             2 => {
                 let name = format!("net-{seed}-{index}");
-                let (status, _, body) = leader.server.post("/networks/create", &format!("{{\"Name\":\"{name}\",\"Labels\":{{\"index\":\"{index}\"}}}}"));
+                let (status, _, body) =
+                    leader.server.post("/networks/create", &format!("{{\"Name\":\"{name}\",\"Labels\":{{\"index\":\"{index}\"}}}}"));
                 assert_eq!(status, 201, "seed {seed}: creating network {name}: {body}");
                 networks.push(name);
             }
@@ -571,7 +587,8 @@ fn the_portal_streams_live_events_with_heartbeats_filters_and_refuses_bad_reques
     let text = String::from_utf8_lossy(&output.stdout);
     assert_eq!(text.lines().count() as u64, head + 2, "{text}");
     assert_eq!(text.matches("VolumeCreated").count(), 2, "{text}");
-    let output = Command::new(berth_binary()).args(["events", "--kind", "pod", "--server", &format!("http://{}", leader.portal)]).output().unwrap();
+    let output =
+        Command::new(berth_binary()).args(["events", "--kind", "pod", "--server", &format!("http://{}", leader.portal)]).output().unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown kind"));
 }
@@ -582,7 +599,12 @@ fn serve_expecting_failure(data_dir: &Path, extra_args: &[&str]) -> String {
     let mut child = Command::new(berth_binary())
         .args(["serve", "--docker-listen", "127.0.0.1:0", "--portal-listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
-        .args(["--bip", &format!("10.{}.0.1/24", slot.index), "--default-address-pool", &format!("base=10.{}.128.0/17,size=24", slot.index)])
+        .args([
+            "--bip",
+            &format!("10.{}.0.1/24", slot.index),
+            "--default-address-pool",
+            &format!("base=10.{}.128.0/17,size=24", slot.index),
+        ])
         .args(extra_args)
         .env("BERTH_LOG", "warn")
         .stdout(Stdio::null())

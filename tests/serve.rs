@@ -53,7 +53,8 @@ fn restarts_on_the_same_log_and_stops_on_sigint() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert_eq!(text.matches("VchCreated").count(), 1, "{text}");
     assert_eq!(text.matches("NetworkCreated").count(), 3, "{text}");
-    let verify = std::process::Command::new(support::berth_binary()).args(["log", "verify", "--data-dir"]).arg(dir.path()).output().unwrap();
+    let verify =
+        std::process::Command::new(support::berth_binary()).args(["log", "verify", "--data-dir"]).arg(dir.path()).output().unwrap();
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
     assert!(String::from_utf8_lossy(&verify.stdout).starts_with("ok: 4 events"));
 }

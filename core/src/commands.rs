@@ -41,37 +41,117 @@ pub struct Context {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
-    CreateVch { name: String, spec: VchSpec },
-    ConfigureVch { name: String, spec: VchSpec },
+    CreateVch {
+        name: String,
+        spec: VchSpec,
+    },
+    ConfigureVch {
+        name: String,
+        spec: VchSpec,
+    },
     /// Deletes a VCH; without `force` it must hold no containers.
-    DeleteVch { name: String, force: bool },
+    DeleteVch {
+        name: String,
+        force: bool,
+    },
 
-    CreateContainer { id: String, name: String, vch: String, image_id: String, spec: ContainerSpec },
-    StartContainer { id: String },
-    StopContainer { id: String, timeout_s: Option<i64> },
-    KillContainer { id: String, signal: String },
+    CreateContainer {
+        id: String,
+        name: String,
+        vch: String,
+        image_id: String,
+        spec: ContainerSpec,
+    },
+    StartContainer {
+        id: String,
+    },
+    StopContainer {
+        id: String,
+        timeout_s: Option<i64>,
+    },
+    KillContainer {
+        id: String,
+        signal: String,
+    },
     /// An observation: the container's process ended with this code.
-    RecordContainerExited { id: String, exit_code: i64 },
-    PauseContainer { id: String },
-    UnpauseContainer { id: String },
-    RenameContainer { id: String, new_name: String },
+    RecordContainerExited {
+        id: String,
+        exit_code: i64,
+    },
+    PauseContainer {
+        id: String,
+    },
+    UnpauseContainer {
+        id: String,
+    },
+    RenameContainer {
+        id: String,
+        new_name: String,
+    },
     /// Changes a container's resources and restart policy (docker update).
-    UpdateContainer { id: String, memory_bytes: i64, nano_cpus: i64, cpu_shares: i64, restart_policy: String },
+    UpdateContainer {
+        id: String,
+        memory_bytes: i64,
+        nano_cpus: i64,
+        cpu_shares: i64,
+        restart_policy: String,
+    },
     /// Removes a container; a running one only with `force` (it is killed first).
-    RemoveContainer { id: String, force: bool },
+    RemoveContainer {
+        id: String,
+        force: bool,
+    },
 
-    RegisterImage { id: String, reference_tags: Vec<String>, size_bytes: u64, layer_digests: Vec<String> },
+    RegisterImage {
+        id: String,
+        reference_tags: Vec<String>,
+        size_bytes: u64,
+        layer_digests: Vec<String>,
+    },
     /// Points `reference` at an image, moving it away from any image that had it.
-    TagImage { id: String, reference: String },
-    UntagImage { reference: String },
+    TagImage {
+        id: String,
+        reference: String,
+    },
+    UntagImage {
+        reference: String,
+    },
     /// Removes an image; one that a container uses only with `force`.
-    RemoveImage { id: String, force: bool },
+    RemoveImage {
+        id: String,
+        force: bool,
+    },
 
-    CreateVolume { name: String, driver: String, labels: BTreeMap<String, String> },
-    RemoveVolume { name: String, force: bool },
+    CreateVolume {
+        name: String,
+        driver: String,
+        labels: BTreeMap<String, String>,
+    },
+    RemoveVolume {
+        name: String,
+        force: bool,
+    },
 
-    CreateNetwork { id: String, name: String, driver: String, subnet: String, gateway: String, internal: bool, labels: BTreeMap<String, String> },
-    RemoveNetwork { id: String },
-    ConnectNetwork { network_id: String, container_id: String, ipv4_address: Option<String> },
-    DisconnectNetwork { network_id: String, container_id: String, force: bool },
+    CreateNetwork {
+        id: String,
+        name: String,
+        driver: String,
+        subnet: String,
+        gateway: String,
+        internal: bool,
+        labels: BTreeMap<String, String>,
+    },
+    RemoveNetwork {
+        id: String,
+    },
+    ConnectNetwork {
+        network_id: String,
+        container_id: String,
+        ipv4_address: Option<String>,
+    },
+    DisconnectNetwork {
+        network_id: String,
+        container_id: String,
+        force: bool,
+    },
 }

@@ -121,28 +121,70 @@ pub struct ContainerSpec {
 /// Everything that can happen to a berth object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum DomainEvent {
-    VchCreated { name: String, spec: VchSpec },
-    VchConfigured { spec: VchSpec },
+    VchCreated {
+        name: String,
+        spec: VchSpec,
+    },
+    VchConfigured {
+        spec: VchSpec,
+    },
     VchDeleted,
 
-    ContainerCreated { name: String, vch: String, image_id: String, spec: ContainerSpec, created_ms: u64 },
-    ContainerStarted { started_ms: u64 },
-    ContainerStopRequested { timeout_s: Option<i64> },
-    ContainerKilled { signal: String },
+    ContainerCreated {
+        name: String,
+        vch: String,
+        image_id: String,
+        spec: ContainerSpec,
+        created_ms: u64,
+    },
+    ContainerStarted {
+        started_ms: u64,
+    },
+    ContainerStopRequested {
+        timeout_s: Option<i64>,
+    },
+    ContainerKilled {
+        signal: String,
+    },
     /// Observed: the container's process ended.
-    ContainerExited { exit_code: i64, finished_ms: u64 },
+    ContainerExited {
+        exit_code: i64,
+        finished_ms: u64,
+    },
     ContainerPaused,
     ContainerUnpaused,
-    ContainerRenamed { old_name: String, new_name: String },
-    ContainerUpdated { memory_bytes: i64, nano_cpus: i64, cpu_shares: i64, restart_policy: String },
+    ContainerRenamed {
+        old_name: String,
+        new_name: String,
+    },
+    ContainerUpdated {
+        memory_bytes: i64,
+        nano_cpus: i64,
+        cpu_shares: i64,
+        restart_policy: String,
+    },
     ContainerRemoved,
 
-    ImageRegistered { reference_tags: Vec<String>, size_bytes: u64, layer_digests: Vec<String>, created_ms: u64 },
-    ImageTagged { reference: String },
-    ImageUntagged { reference: String },
+    ImageRegistered {
+        reference_tags: Vec<String>,
+        size_bytes: u64,
+        layer_digests: Vec<String>,
+        created_ms: u64,
+    },
+    ImageTagged {
+        reference: String,
+    },
+    ImageUntagged {
+        reference: String,
+    },
     ImageRemoved,
 
-    VolumeCreated { name: String, driver: String, labels: BTreeMap<String, String>, created_ms: u64 },
+    VolumeCreated {
+        name: String,
+        driver: String,
+        labels: BTreeMap<String, String>,
+        created_ms: u64,
+    },
     VolumeRemoved,
 
     NetworkCreated {
@@ -155,8 +197,13 @@ pub enum DomainEvent {
         created_ms: u64,
     },
     NetworkRemoved,
-    NetworkContainerConnected { container_id: String, ipv4_address: String },
-    NetworkContainerDisconnected { container_id: String },
+    NetworkContainerConnected {
+        container_id: String,
+        ipv4_address: String,
+    },
+    NetworkContainerDisconnected {
+        container_id: String,
+    },
 }
 
 impl DomainEvent {

@@ -37,13 +37,7 @@ pub enum StreamKind {
 }
 
 impl StreamKind {
-    pub const ALL: [StreamKind; 5] = [
-        StreamKind::Vch,
-        StreamKind::Container,
-        StreamKind::Image,
-        StreamKind::Volume,
-        StreamKind::Network,
-    ];
+    pub const ALL: [StreamKind; 5] = [StreamKind::Vch, StreamKind::Container, StreamKind::Image, StreamKind::Volume, StreamKind::Network];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -27,7 +27,9 @@ pub enum ObservedPower {
     Running,
     Paused,
     /// The run of `generation` ended with this exit code.
-    Exited { exit_code: i64 },
+    Exited {
+        exit_code: i64,
+    },
 }
 
 /// One network attachment of a container.

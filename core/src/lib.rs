@@ -22,7 +22,7 @@ pub mod rejection;
 pub use commands::{Command, CommandEnvelope, Context};
 pub use events::{DomainEvent, RecordedEvent, EVENT_SCHEMA_VERSION};
 pub use ids::{CommandId, EventId, Position, StreamId, StreamKind, StreamVersion};
+pub use log::ReadError;
 pub use model::{Decision, DomainModel};
 pub use ports::{Clock, Entropy};
-pub use log::ReadError;
 pub use rejection::Rejection;

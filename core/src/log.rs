@@ -115,9 +115,12 @@ pub trait EventLog: Send + Sync {
     /// Appends and waits until the append is durable.
     fn append(&self, request: AppendRequest) -> Result<AppendOutcome, AppendError> {
         let (sender, receiver) = std::sync::mpsc::sync_channel(1);
-        self.submit(request, Box::new(move |result| {
-            let _ = sender.send(result);
-        }));
+        self.submit(
+            request,
+            Box::new(move |result| {
+                let _ = sender.send(result);
+            }),
+        );
         receiver.recv().unwrap_or(Err(AppendError::Closed))
     }
 

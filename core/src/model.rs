@@ -319,12 +319,7 @@ impl DomainModel {
     }
 
     fn wrong_state(container: &ContainerState, action: &'static str) -> Rejection {
-        Rejection::WrongState {
-            kind: "container",
-            id: container.id.clone(),
-            state: container.status.as_docker_str().to_string(),
-            action,
-        }
+        Rejection::WrongState { kind: "container", id: container.id.clone(), state: container.status.as_docker_str().to_string(), action }
     }
 
     /// Decides a command: the events it causes, or why it is refused.
@@ -353,7 +348,11 @@ impl DomainModel {
                 if spec.target.is_empty() {
                     return Err(Rejection::InvalidArgument("a VCH needs a target".into()));
                 }
-                self.append(decision, StreamId::new(StreamKind::Vch, name), DomainEvent::VchCreated { name: name.clone(), spec: spec.clone() });
+                self.append(
+                    decision,
+                    StreamId::new(StreamKind::Vch, name),
+                    DomainEvent::VchCreated { name: name.clone(), spec: spec.clone() },
+                );
             }
             ConfigureVch { name, spec } => {
                 let vch = self.vchs.get(name).ok_or_else(|| not_found("vch", name))?;
@@ -436,7 +435,11 @@ impl DomainModel {
                 let container = self.container(id)?;
                 match container.status {
                     ContainerStatus::Created | ContainerStatus::Exited => {
-                        self.append(decision, StreamId::new(StreamKind::Container, id), DomainEvent::ContainerStarted { started_ms: now_ms });
+                        self.append(
+                            decision,
+                            StreamId::new(StreamKind::Container, id),
+                            DomainEvent::ContainerStarted { started_ms: now_ms },
+                        );
                     }
                     ContainerStatus::Running | ContainerStatus::Paused => return Err(Self::wrong_state(container, "start")),
                 }
@@ -446,7 +449,11 @@ impl DomainModel {
                 if !container.status.is_running() {
                     return Err(Self::wrong_state(container, "stop"));
                 }
-                self.append(decision, StreamId::new(StreamKind::Container, id), DomainEvent::ContainerStopRequested { timeout_s: *timeout_s });
+                self.append(
+                    decision,
+                    StreamId::new(StreamKind::Container, id),
+                    DomainEvent::ContainerStopRequested { timeout_s: *timeout_s },
+                );
             }
             KillContainer { id, signal } => {
                 let container = self.container(id)?;
@@ -589,7 +596,12 @@ impl DomainModel {
                     self.append(
                         decision,
                         StreamId::new(StreamKind::Volume, name),
-                        DomainEvent::VolumeCreated { name: name.clone(), driver: driver.clone(), labels: labels.clone(), created_ms: now_ms },
+                        DomainEvent::VolumeCreated {
+                            name: name.clone(),
+                            driver: driver.clone(),
+                            labels: labels.clone(),
+                            created_ms: now_ms,
+                        },
                     );
                 }
             }
@@ -627,7 +639,8 @@ impl DomainModel {
                 if driver == "bridge" {
                     let parsed = Ipv4Subnet::parse(subnet)
                         .ok_or_else(|| Rejection::InvalidArgument(format!("invalid subnet {subnet:?}: want a.b.c.d/8..30")))?;
-                    let gateway_address = parse_ipv4(gateway).ok_or_else(|| Rejection::InvalidArgument(format!("invalid gateway {gateway:?}")))?;
+                    let gateway_address =
+                        parse_ipv4(gateway).ok_or_else(|| Rejection::InvalidArgument(format!("invalid gateway {gateway:?}")))?;
                     if !parsed.contains(gateway_address) {
                         return Err(Rejection::InvalidArgument(format!("gateway {gateway} is not in subnet {subnet}")));
                     }
@@ -723,7 +736,11 @@ impl DomainModel {
     fn untag_elsewhere(&self, reference: &str, new_owner: &str, decision: &mut Decision) {
         if let Some(owner) = self.tags.get(reference) {
             if owner != new_owner {
-                self.append(decision, StreamId::new(StreamKind::Image, owner), DomainEvent::ImageUntagged { reference: reference.to_string() });
+                self.append(
+                    decision,
+                    StreamId::new(StreamKind::Image, owner),
+                    DomainEvent::ImageUntagged { reference: reference.to_string() },
+                );
             }
         }
     }
@@ -946,7 +963,9 @@ impl DomainModel {
             return Err("a container is missing from the name index".into());
         }
         for container in self.containers.values() {
-            if !self.images.contains_key(&container.image_id) && self.versions.get(&StreamId::new(StreamKind::Image, &container.image_id)).is_none() {
+            if !self.images.contains_key(&container.image_id)
+                && self.versions.get(&StreamId::new(StreamKind::Image, &container.image_id)).is_none()
+            {
                 return Err(format!("container {} uses unknown image {}", container.id, container.image_id));
             }
             if !self.vchs.contains_key(&container.vch) {

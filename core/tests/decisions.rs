@@ -102,7 +102,10 @@ fn creating_a_container_records_it_and_connects_it_to_the_bridge() {
     assert!(matches!(&events[0], (s, DomainEvent::ContainerCreated { name, .. }) if s == "container/c1" && name == "web"));
     assert_eq!(
         events[1],
-        ("network/n-bridge".into(), DomainEvent::NetworkContainerConnected { container_id: "c1".into(), ipv4_address: "172.30.0.2".into() })
+        (
+            "network/n-bridge".into(),
+            DomainEvent::NetworkContainerConnected { container_id: "c1".into(), ipv4_address: "172.30.0.2".into() }
+        )
     );
 }
 
@@ -142,7 +145,10 @@ fn a_container_needs_its_image_vch_volume_and_network() {
 
 #[test]
 fn the_vch_container_limit_is_enforced() {
-    let limited = Command::CreateVch { name: "default".into(), spec: VchSpec { target: "local".into(), container_count_max: 1, ..VchSpec::default() } };
+    let limited = Command::CreateVch {
+        name: "default".into(),
+        spec: VchSpec { target: "local".into(), container_count_max: 1, ..VchSpec::default() },
+    };
     let scenario = given(&[limited, bridge(), image(), create("c1", "one")]);
     rejected_with(scenario.when(create("c2", "two")), "limit_reached");
 }
@@ -170,7 +176,10 @@ fn start_stop_kill_pause_follow_the_docker_state_machine() {
         DomainEvent::ContainerExited { exit_code: 7, finished_ms: NOW_MS }
     );
 
-    let paused = given(&with(base(), &[create("c1", "web"), Command::StartContainer { id: "c1".into() }, Command::PauseContainer { id: "c1".into() }]));
+    let paused = given(&with(
+        base(),
+        &[create("c1", "web"), Command::StartContainer { id: "c1".into() }, Command::PauseContainer { id: "c1".into() }],
+    ));
     assert_eq!(paused.when(Command::UnpauseContainer { id: "c1".into() }).unwrap()[0].1, DomainEvent::ContainerUnpaused);
     rejected_with(paused.when(Command::PauseContainer { id: "c1".into() }), "wrong_state");
 }
@@ -179,7 +188,11 @@ fn start_stop_kill_pause_follow_the_docker_state_machine() {
 fn an_exit_observation_is_idempotent() {
     let exited = given(&with(
         base(),
-        &[create("c1", "web"), Command::StartContainer { id: "c1".into() }, Command::RecordContainerExited { id: "c1".into(), exit_code: 0 }],
+        &[
+            create("c1", "web"),
+            Command::StartContainer { id: "c1".into() },
+            Command::RecordContainerExited { id: "c1".into(), exit_code: 0 },
+        ],
     ));
     assert!(exited.when(Command::RecordContainerExited { id: "c1".into(), exit_code: 0 }).unwrap().is_empty());
     assert!(exited.when(Command::RecordContainerExited { id: "gone".into(), exit_code: 0 }).unwrap().is_empty());
@@ -197,10 +210,8 @@ fn removing_a_running_container_needs_force_and_frees_its_name_and_address() {
             ("container/c1".into(), DomainEvent::ContainerRemoved),
         ]
     );
-    let after = given(&with(
-        base(),
-        &[create("c1", "web"), Command::RemoveContainer { id: "c1".into(), force: false }, create("c2", "web")],
-    ));
+    let after =
+        given(&with(base(), &[create("c1", "web"), Command::RemoveContainer { id: "c1".into(), force: false }, create("c2", "web")]));
     assert_eq!(after.model.networks["n-bridge"].endpoints["c2"], "172.30.0.2");
     rejected_with(after.when(create("c1", "again")), "already_exists");
 }
@@ -271,7 +282,10 @@ fn volumes_in_use_cannot_be_removed() {
     assert!(scenario.when(data).unwrap().is_empty(), "creating an existing volume is a no-op");
     rejected_with(scenario.when(Command::RemoveVolume { name: "nope".into(), force: false }), "not_found");
     assert!(scenario.when(Command::RemoveVolume { name: "nope".into(), force: true }).unwrap().is_empty());
-    rejected_with(scenario.when(Command::CreateVolume { name: "v2".into(), driver: "nfs".into(), labels: BTreeMap::new() }), "invalid_argument");
+    rejected_with(
+        scenario.when(Command::CreateVolume { name: "v2".into(), driver: "nfs".into(), labels: BTreeMap::new() }),
+        "invalid_argument",
+    );
 }
 
 #[test]
@@ -291,19 +305,35 @@ fn networks_check_names_subnets_and_endpoints() {
     rejected_with(scenario.when(network("n2", "back", "10.9.0.0/33", "10.9.0.1")), "invalid_argument");
     rejected_with(scenario.when(network("n2", "back", "10.9.0.0/24", "10.8.0.1")), "invalid_argument");
     rejected_with(scenario.when(Command::RemoveNetwork { id: "n-bridge".into() }), "forbidden");
-    rejected_with(scenario.when(Command::ConnectNetwork { network_id: "n-bridge".into(), container_id: "c1".into(), ipv4_address: None }), "forbidden");
-    rejected_with(scenario.when(Command::DisconnectNetwork { network_id: "nope".into(), container_id: "c1".into(), force: false }), "not_found");
+    rejected_with(
+        scenario.when(Command::ConnectNetwork { network_id: "n-bridge".into(), container_id: "c1".into(), ipv4_address: None }),
+        "forbidden",
+    );
+    rejected_with(
+        scenario.when(Command::DisconnectNetwork { network_id: "nope".into(), container_id: "c1".into(), force: false }),
+        "not_found",
+    );
 
     let with_back = given(&with(base(), &[create("c1", "web"), network("n2", "back", "10.9.0.0/24", "10.9.0.1")]));
     assert_eq!(
-        with_back.when(Command::ConnectNetwork { network_id: "n2".into(), container_id: "c1".into(), ipv4_address: Some("10.9.0.9".into()) }).unwrap()[0].1,
+        with_back
+            .when(Command::ConnectNetwork { network_id: "n2".into(), container_id: "c1".into(), ipv4_address: Some("10.9.0.9".into()) })
+            .unwrap()[0]
+            .1,
         DomainEvent::NetworkContainerConnected { container_id: "c1".into(), ipv4_address: "10.9.0.9".into() }
     );
     rejected_with(
-        with_back.when(Command::ConnectNetwork { network_id: "n2".into(), container_id: "c1".into(), ipv4_address: Some("10.9.1.9".into()) }),
+        with_back.when(Command::ConnectNetwork {
+            network_id: "n2".into(),
+            container_id: "c1".into(),
+            ipv4_address: Some("10.9.1.9".into()),
+        }),
         "invalid_argument",
     );
-    rejected_with(with_back.when(Command::DisconnectNetwork { network_id: "n2".into(), container_id: "c1".into(), force: false }), "forbidden");
+    rejected_with(
+        with_back.when(Command::DisconnectNetwork { network_id: "n2".into(), container_id: "c1".into(), force: false }),
+        "forbidden",
+    );
     let connected = given(&with(
         base(),
         &[
@@ -346,14 +376,32 @@ fn target_streams_match_the_first_append() {
 #[test]
 fn update_changes_resources_once_and_checks_them() {
     let scenario = given(&with(base(), &[create("c1", "web")]));
-    let update = |memory_bytes| Command::UpdateContainer { id: "c1".into(), memory_bytes, nano_cpus: 0, cpu_shares: 0, restart_policy: "no".into() };
-    assert!(matches!(scenario.when(update(64 << 20)).unwrap()[0].1, DomainEvent::ContainerUpdated { memory_bytes, .. } if memory_bytes == 64 << 20));
+    let update =
+        |memory_bytes| Command::UpdateContainer { id: "c1".into(), memory_bytes, nano_cpus: 0, cpu_shares: 0, restart_policy: "no".into() };
+    assert!(
+        matches!(scenario.when(update(64 << 20)).unwrap()[0].1, DomainEvent::ContainerUpdated { memory_bytes, .. } if memory_bytes == 64 << 20)
+    );
     rejected_with(scenario.when(update(-1)), "invalid_argument");
     rejected_with(
-        scenario.when(Command::UpdateContainer { id: "c1".into(), memory_bytes: 0, nano_cpus: 0, cpu_shares: 0, restart_policy: "sometimes".into() }),
+        scenario.when(Command::UpdateContainer {
+            id: "c1".into(),
+            memory_bytes: 0,
+            nano_cpus: 0,
+            cpu_shares: 0,
+            restart_policy: "sometimes".into(),
+        }),
         "invalid_argument",
     );
-    rejected_with(scenario.when(Command::UpdateContainer { id: "nope".into(), memory_bytes: 0, nano_cpus: 0, cpu_shares: 0, restart_policy: "no".into() }), "not_found");
+    rejected_with(
+        scenario.when(Command::UpdateContainer {
+            id: "nope".into(),
+            memory_bytes: 0,
+            nano_cpus: 0,
+            cpu_shares: 0,
+            restart_policy: "no".into(),
+        }),
+        "not_found",
+    );
 }
 
 #[test]

@@ -186,9 +186,12 @@ impl CommandBus {
         let mut waited_ms = 0;
         loop {
             let (sender, receiver) = tokio::sync::oneshot::channel();
-            self.submit(envelope.clone(), Box::new(move |result| {
-                let _ = sender.send(result);
-            }));
+            self.submit(
+                envelope.clone(),
+                Box::new(move |result| {
+                    let _ = sender.send(result);
+                }),
+            );
             let result = receiver.await.unwrap_or(Err(CommandError::Log(AppendError::Closed)));
             match result {
                 Err(CommandError::InProgress(_)) if waited_ms < waited_ms_max => {

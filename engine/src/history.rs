@@ -41,9 +41,7 @@ fn read_until(log: &dyn EventLog, until: Until, mut visit: impl FnMut(&[Recorded
         after = last.position;
         let in_range = batch
             .iter()
-            .position(|event| {
-                event.position.0 > position_max || matches!(until, Until::TimeMs(time_ms) if event.recorded_at_ms > time_ms)
-            })
+            .position(|event| event.position.0 > position_max || matches!(until, Until::TimeMs(time_ms) if event.recorded_at_ms > time_ms))
             .unwrap_or(batch.len());
         visit(&batch[..in_range]);
         if in_range < batch.len() {

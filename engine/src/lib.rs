@@ -12,6 +12,6 @@ pub mod reconciler;
 pub mod runner;
 
 pub use bus::{CommandBus, CommandError, CommandOutcome};
-pub use runner::{ProjectionRunner, ViewHandle};
 pub use history::{audit, replay_until, AuditEntry, AuditFilter, Until};
 pub use reconciler::{plan, Action, DesiredState, ObservedState, Reconciler, ServedVchs, TickReport};
+pub use runner::{ProjectionRunner, ViewHandle};

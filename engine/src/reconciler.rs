@@ -227,20 +227,44 @@ pub enum ObjectKey {
 /// One step towards the desired state.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    EnsureVch { name: String, spec: VchSpec },
+    EnsureVch {
+        name: String,
+        spec: VchSpec,
+    },
     /// Only once none of the VCH's containers is left in the infrastructure.
-    RemoveVch { name: String },
+    RemoveVch {
+        name: String,
+    },
     EnsureNetwork(NetworkPlan),
-    RemoveNetwork { id: String },
+    RemoveNetwork {
+        id: String,
+    },
     /// Only once its VCH and networks are ensured.
     Provision(Box<ContainerPlan>),
-    PowerOn { id: String, generation: u64 },
-    PowerOff { id: String, signal: String, timeout_s: i64 },
-    Pause { id: String },
-    Unpause { id: String },
-    Destroy { id: String },
+    PowerOn {
+        id: String,
+        generation: u64,
+    },
+    PowerOff {
+        id: String,
+        signal: String,
+        timeout_s: i64,
+    },
+    Pause {
+        id: String,
+    },
+    Unpause {
+        id: String,
+    },
+    Destroy {
+        id: String,
+    },
     /// Records through the command bus that the current run has exited.
-    RecordExited { id: String, generation: u64, exit_code: i64 },
+    RecordExited {
+        id: String,
+        generation: u64,
+        exit_code: i64,
+    },
 }
 
 impl Action {
@@ -483,7 +507,12 @@ impl Reconciler {
     }
 
     /// A reconciler whose recorded commands carry `actor` (one per infrastructure).
-    pub fn with_actor(bus: Arc<CommandBus>, infrastructure: Arc<dyn Infrastructure>, served: ServedVchs, actor: impl Into<String>) -> Reconciler {
+    pub fn with_actor(
+        bus: Arc<CommandBus>,
+        infrastructure: Arc<dyn Infrastructure>,
+        served: ServedVchs,
+        actor: impl Into<String>,
+    ) -> Reconciler {
         Reconciler {
             bus,
             infrastructure,
@@ -534,8 +563,7 @@ impl Reconciler {
         match self.infrastructure.inventory() {
             Ok(containers) => {
                 state.inventory_failure_count = 0;
-                state.observed.containers =
-                    containers.into_iter().map(|container| (container.id.clone(), container)).collect();
+                state.observed.containers = containers.into_iter().map(|container| (container.id.clone(), container)).collect();
             }
             Err(error) => {
                 state.inventory_failure_count = state.inventory_failure_count.saturating_add(1);
@@ -657,8 +685,8 @@ impl Reconciler {
     fn record_exit(&self, id: &str, generation: u64, exit_code: i64) {
         self.recording.lock().insert(id.to_string());
         let command_id = CommandId(format!("{}/exited/{id}/{generation}", self.actor));
-        let envelope = CommandEnvelope::new(self.actor.clone(), Command::RecordContainerExited { id: id.to_string(), exit_code })
-            .with_id(command_id);
+        let envelope =
+            CommandEnvelope::new(self.actor.clone(), Command::RecordContainerExited { id: id.to_string(), exit_code }).with_id(command_id);
         let recording = self.recording.clone();
         let container_id = id.to_string();
         self.bus.submit(
@@ -1016,11 +1044,7 @@ mod tests {
     #[test]
     fn removed_containers_and_unknown_vms_are_destroyed() {
         let given = Given::new().vch("v1").container("c1", "v1").container_event("c1", DomainEvent::ContainerRemoved);
-        let observed = observed_with(
-            &["v1"],
-            &[],
-            &[("c1", "v1", 0, ObservedPower::Created), ("stray", "v1", 3, ObservedPower::Running)],
-        );
+        let observed = observed_with(&["v1"], &[], &[("c1", "v1", 0, ObservedPower::Created), ("stray", "v1", 3, ObservedPower::Running)]);
         assert_eq!(plan_all(&given, &observed), vec![Action::Destroy { id: "c1".into() }, Action::Destroy { id: "stray".into() }]);
     }
 
@@ -1052,11 +1076,11 @@ mod tests {
 
     #[test]
     fn a_deleted_vch_is_removed_only_after_its_containers_are_destroyed() {
-        let given = Given::new()
-            .vch("v1")
-            .container("c1", "v1")
-            .container_event("c1", DomainEvent::ContainerRemoved)
-            .event(StreamKind::Vch, "v1", DomainEvent::VchDeleted);
+        let given = Given::new().vch("v1").container("c1", "v1").container_event("c1", DomainEvent::ContainerRemoved).event(
+            StreamKind::Vch,
+            "v1",
+            DomainEvent::VchDeleted,
+        );
         let with_vm = observed_with(&["v1"], &[], &[("c1", "v1", 0, ObservedPower::Created)]);
         assert_eq!(plan_all(&given, &with_vm), vec![Action::Destroy { id: "c1".into() }]);
         assert_eq!(plan_all(&given, &observed_with(&["v1"], &[], &[])), vec![Action::RemoveVch { name: "v1".into() }]);
@@ -1073,7 +1097,8 @@ mod tests {
             .container_event("c1", started())
             .container("c2", "v1")
             .container_event("c2", DomainEvent::ContainerRemoved);
-        let observed = observed_with(&[], &[], &[("c1", "v1", 1, ObservedPower::Exited { exit_code: 1 }), ("c2", "v1", 0, ObservedPower::Created)]);
+        let observed =
+            observed_with(&[], &[], &[("c1", "v1", 1, ObservedPower::Exited { exit_code: 1 }), ("c2", "v1", 0, ObservedPower::Created)]);
         let actions = plan_all(&given, &observed);
         let keys: BTreeSet<ObjectKey> = actions.iter().map(Action::object).collect();
         assert_eq!(keys.len(), actions.len(), "{actions:?}");

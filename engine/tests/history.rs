@@ -42,9 +42,27 @@ impl Berth {
     fn story() -> (Berth, Vec<Position>) {
         let berth = Berth::new();
         let positions = vec![
-            berth.at(1_000, "admin", Command::CreateVch { name: "vch-a".into(), spec: VchSpec { target: "local".into(), ..VchSpec::default() } }),
-            berth.at(2_000, "admin", Command::RegisterImage { id: IMAGE_ID.into(), reference_tags: vec!["web:1".into()], size_bytes: 10, layer_digests: vec![] }),
-            berth.at(3_000, "alice", Command::CreateContainer { id: "c1".into(), name: "web".into(), vch: "vch-a".into(), image_id: IMAGE_ID.into(), spec: ContainerSpec::default() }),
+            berth.at(
+                1_000,
+                "admin",
+                Command::CreateVch { name: "vch-a".into(), spec: VchSpec { target: "local".into(), ..VchSpec::default() } },
+            ),
+            berth.at(
+                2_000,
+                "admin",
+                Command::RegisterImage { id: IMAGE_ID.into(), reference_tags: vec!["web:1".into()], size_bytes: 10, layer_digests: vec![] },
+            ),
+            berth.at(
+                3_000,
+                "alice",
+                Command::CreateContainer {
+                    id: "c1".into(),
+                    name: "web".into(),
+                    vch: "vch-a".into(),
+                    image_id: IMAGE_ID.into(),
+                    spec: ContainerSpec::default(),
+                },
+            ),
             berth.at(4_000, "alice", Command::StartContainer { id: "c1".into() }),
             berth.at(5_000, "alice", Command::RenameContainer { id: "c1".into(), new_name: "site".into() }),
             berth.at(6_000, "bob", Command::RemoveContainer { id: "c1".into(), force: true }),
@@ -94,7 +112,11 @@ fn replay_reads_across_many_batches() {
     let berth = Berth::new();
     berth.at(1, "admin", Command::CreateVch { name: "vch-a".into(), spec: VchSpec { target: "local".into(), ..VchSpec::default() } });
     for index in 0..20_000u64 {
-        berth.at(2 + index, "admin", Command::CreateVolume { name: format!("vol-{index}"), driver: "local".into(), labels: Default::default() });
+        berth.at(
+            2 + index,
+            "admin",
+            Command::CreateVolume { name: format!("vol-{index}"), driver: "local".into(), labels: Default::default() },
+        );
     }
     let views = replay_until(berth.log.as_ref(), Until::Position(15_001)).unwrap();
     assert_eq!(views.volumes.len(), 15_000);
@@ -111,10 +133,12 @@ fn the_audit_trail_names_who_did_what_to_which_object_and_when() {
     assert_eq!(rename.summary, "renamed container c1 from web to site");
 
     let by_bob = audit(berth.log.as_ref(), &AuditFilter { actor: Some("bob".into()), ..AuditFilter::default() }).unwrap();
-    let bob_did: Vec<(&str, u64, String)> = by_bob.iter().map(|entry| (entry.event_type, entry.time_ms, entry.stream.to_string())).collect();
+    let bob_did: Vec<(&str, u64, String)> =
+        by_bob.iter().map(|entry| (entry.event_type, entry.time_ms, entry.stream.to_string())).collect();
     assert_eq!(bob_did, [("ContainerRemoved", 6_000, "container/c1".to_string())]);
 
-    let containers = AuditFilter { stream_kind: Some(StreamKind::Container), stream_key_prefix: Some("c".into()), ..AuditFilter::default() };
+    let containers =
+        AuditFilter { stream_kind: Some(StreamKind::Container), stream_key_prefix: Some("c".into()), ..AuditFilter::default() };
     let types: Vec<&str> = audit(berth.log.as_ref(), &containers).unwrap().iter().map(|entry| entry.event_type).collect();
     assert_eq!(types, ["ContainerCreated", "ContainerStarted", "ContainerRenamed", "ContainerRemoved"]);
 
@@ -140,18 +164,32 @@ fn replay_equals_a_one_by_one_fold_at_every_point_of_a_busy_log() {
     let berth = Berth::new();
     berth.at(1, "admin", Command::CreateVch { name: "vch-a".into(), spec: VchSpec { target: "local".into(), ..VchSpec::default() } });
     berth.at(2, "admin", Command::RegisterImage { id: IMAGE_ID.into(), reference_tags: vec![], size_bytes: 1, layer_digests: vec![] });
-    berth.at(3, "admin", Command::CreateNetwork {
-        id: "net".into(),
-        name: "bridge".into(),
-        driver: "bridge".into(),
-        subnet: "172.17.0.0/16".into(),
-        gateway: "172.17.0.1".into(),
-        internal: false,
-        labels: Default::default(),
-    });
+    berth.at(
+        3,
+        "admin",
+        Command::CreateNetwork {
+            id: "net".into(),
+            name: "bridge".into(),
+            driver: "bridge".into(),
+            subnet: "172.17.0.0/16".into(),
+            gateway: "172.17.0.1".into(),
+            internal: false,
+            labels: Default::default(),
+        },
+    );
     for index in 0..3_000u64 {
         let id = format!("c{index}");
-        berth.at(10 + index, "alice", Command::CreateContainer { id: id.clone(), name: format!("n{index}"), vch: "vch-a".into(), image_id: IMAGE_ID.into(), spec: ContainerSpec::default() });
+        berth.at(
+            10 + index,
+            "alice",
+            Command::CreateContainer {
+                id: id.clone(),
+                name: format!("n{index}"),
+                vch: "vch-a".into(),
+                image_id: IMAGE_ID.into(),
+                spec: ContainerSpec::default(),
+            },
+        );
         berth.at(10 + index, "alice", Command::StartContainer { id: id.clone() });
         // Soon after creation (same batch), and long after (an earlier batch).
         if index % 3 == 2 {

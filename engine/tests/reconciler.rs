@@ -9,9 +9,7 @@ use berth_core::events::{ContainerSpec, VchSpec};
 use berth_core::infrastructure::{InfraError, ObservedPower};
 use berth_core::log::EventLog;
 use berth_core::{Command, CommandEnvelope, DomainEvent};
-use berth_engine::reconciler::{
-    ServedVchs, ATTEMPT_COUNT_MAX, BACKOFF_MS_MIN, PARKED_RETRY_MS,
-};
+use berth_engine::reconciler::{ServedVchs, ATTEMPT_COUNT_MAX, BACKOFF_MS_MIN, PARKED_RETRY_MS};
 use berth_engine::{CommandBus, Reconciler};
 use reconciler_support::{CountingEntropy, ManualClock, MemoryLog, Script, ScriptedInfra, Vm};
 use std::sync::Arc;
@@ -83,7 +81,12 @@ impl World {
     }
 
     fn exit_events(&self) -> usize {
-        self.log.read_all(Default::default(), 10_000).unwrap().iter().filter(|e| matches!(e.event, DomainEvent::ContainerExited { .. })).count()
+        self.log
+            .read_all(Default::default(), 10_000)
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e.event, DomainEvent::ContainerExited { .. }))
+            .count()
     }
 }
 
@@ -241,7 +244,16 @@ async fn the_production_task_reacts_to_commits() {
     let bus = world.bus.clone();
     let (sender, receiver) = tokio::sync::oneshot::channel();
     bus.submit(
-        CommandEnvelope::new("tester", Command::CreateContainer { id: "c1".into(), name: "one".into(), vch: "vch-a".into(), image_id: IMAGE_ID.into(), spec: ContainerSpec::default() }),
+        CommandEnvelope::new(
+            "tester",
+            Command::CreateContainer {
+                id: "c1".into(),
+                name: "one".into(),
+                vch: "vch-a".into(),
+                image_id: IMAGE_ID.into(),
+                spec: ContainerSpec::default(),
+            },
+        ),
         Box::new(move |result| {
             let _ = sender.send(result);
         }),

@@ -33,11 +33,20 @@ fn command() -> impl Strategy<Value = Command> {
         id.clone().prop_map(|id| Command::UnpauseContainer { id }),
         (id.clone(), name).prop_map(|(id, new_name)| Command::RenameContainer { id, new_name }),
         (id.clone(), any::<bool>()).prop_map(|(id, force)| Command::RemoveContainer { id, force }),
-        (image.clone(), tag.clone()).prop_map(|(id, tag)| Command::RegisterImage { id, reference_tags: vec![tag], size_bytes: 3, layer_digests: vec![] }),
+        (image.clone(), tag.clone()).prop_map(|(id, tag)| Command::RegisterImage {
+            id,
+            reference_tags: vec![tag],
+            size_bytes: 3,
+            layer_digests: vec![]
+        }),
         (image.clone(), tag.clone()).prop_map(|(id, reference)| Command::TagImage { id, reference }),
         tag.prop_map(|reference| Command::UntagImage { reference }),
         (image, any::<bool>()).prop_map(|(id, force)| Command::RemoveImage { id, force }),
-        prop::sample::select(vec!["v1", "v2"]).prop_map(|name| Command::CreateVolume { name: name.into(), driver: "local".into(), labels: BTreeMap::new() }),
+        prop::sample::select(vec!["v1", "v2"]).prop_map(|name| Command::CreateVolume {
+            name: name.into(),
+            driver: "local".into(),
+            labels: BTreeMap::new()
+        }),
         prop::sample::select(vec!["v1", "v2"]).prop_map(|name| Command::RemoveVolume { name: name.into(), force: false }),
         (prop::sample::select(vec!["n1", "n2"]), id.clone()).prop_map(|(network_id, container_id)| Command::ConnectNetwork {
             network_id: network_id.into(),

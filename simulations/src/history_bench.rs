@@ -38,7 +38,11 @@ pub fn fill_log(event_count: u64, seed: u64) -> SimLog {
                 name: format!("c-{slot}-{}", generations[slot]),
                 vch: "vch-0".into(),
                 image_id: format!("sha256:{:064x}", slot % 7),
-                spec: ContainerSpec { image: "app:1".into(), cmd: vec!["serve".into(), "--port".into(), "80".into()], ..ContainerSpec::default() },
+                spec: ContainerSpec {
+                    image: "app:1".into(),
+                    cmd: vec!["serve".into(), "--port".into(), "80".into()],
+                    ..ContainerSpec::default()
+                },
                 created_ms: index,
             },
             1 => DomainEvent::ContainerStarted { started_ms: index },

@@ -231,10 +231,10 @@ impl Infrastructure for SimInfra {
             if state.datastore_full {
                 return Err(InfraError::Permanent("the datastore is full".into()));
             }
-            state.world.vms.insert(
-                plan.id.clone(),
-                SimVm { vch: plan.vch.clone(), generation: 0, power: ObservedPower::Created, plan: plan.clone() },
-            );
+            state
+                .world
+                .vms
+                .insert(plan.id.clone(), SimVm { vch: plan.vch.clone(), generation: 0, power: ObservedPower::Created, plan: plan.clone() });
             Ok(())
         })
     }

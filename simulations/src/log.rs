@@ -11,9 +11,7 @@
 //! The disk image is a sequence of frames `[length u32][crc32c u32][payload]`,
 //! one per append, the payload being the MessagePack of its recorded events.
 
-use berth_core::log::{
-    AppendCompletion, AppendError, AppendOutcome, AppendRequest, CommitListener, EventLog, APPEND_EVENT_COUNT_MAX,
-};
+use berth_core::log::{AppendCompletion, AppendError, AppendOutcome, AppendRequest, CommitListener, EventLog, APPEND_EVENT_COUNT_MAX};
 use berth_core::{CommandId, Position, ReadError, RecordedEvent, StreamId, StreamVersion, EVENT_SCHEMA_VERSION};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};

@@ -34,7 +34,16 @@ struct Arguments {
 }
 
 fn parse(mut words: impl Iterator<Item = String>) -> Result<Arguments, String> {
-    let mut arguments = Arguments { seed: None, op_count: DEFAULT_OP_COUNT, swarm: false, bench: false, bench_history: false, event_count: DEFAULT_HISTORY_EVENT_COUNT, seed_count: DEFAULT_SEED_COUNT, start: None };
+    let mut arguments = Arguments {
+        seed: None,
+        op_count: DEFAULT_OP_COUNT,
+        swarm: false,
+        bench: false,
+        bench_history: false,
+        event_count: DEFAULT_HISTORY_EVENT_COUNT,
+        seed_count: DEFAULT_SEED_COUNT,
+        start: None,
+    };
     let number = |flag: &str, value: Option<String>| -> Result<u64, String> {
         let value = value.ok_or_else(|| format!("{flag} needs a number"))?;
         value.parse().map_err(|_| format!("{flag}: {value:?} is not a number"))
@@ -131,9 +140,10 @@ fn main() -> ExitCode {
     }
     // A swarm without --start explores new seeds each time; the seed of any
     // failure is printed, so the run stays replayable.
-    let start = arguments.start.or(arguments.seed).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-    });
+    let start = arguments
+        .start
+        .or(arguments.seed)
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
     let started = Instant::now();
     let mut failures = Vec::new();
     let mut op_total = 0;
@@ -160,7 +170,10 @@ fn main() -> ExitCode {
         op_total as f64 / elapsed_s
     );
     if let Some(cpu_s) = thread_cpu_seconds() {
-        println!("{cpu_s:.2} s of CPU time: {:.0} simulated operations per CPU-second (per core, unaffected by other load)", op_total as f64 / cpu_s);
+        println!(
+            "{cpu_s:.2} s of CPU time: {:.0} simulated operations per CPU-second (per core, unaffected by other load)",
+            op_total as f64 / cpu_s
+        );
     }
     if failures.is_empty() {
         ExitCode::SUCCESS

@@ -451,7 +451,9 @@ impl Reference {
                 container.status = RefStatus::Exited;
                 Ok(())
             }
-            Some(container) => Err(format!("an exit was recorded for container {id}, which the reference has {}", container.status.docker_word())),
+            Some(container) => {
+                Err(format!("an exit was recorded for container {id}, which the reference has {}", container.status.docker_word()))
+            }
             None => Err(format!("an exit was recorded for container {id}, which the reference does not hold")),
         }
     }
@@ -467,7 +469,8 @@ impl Reference {
         }
         for (id, expected) in &self.containers {
             let Some(view) = views.containers.get(id) else { return Err(format!("container {id} missing from the views")) };
-            let networks: BTreeSet<String> = self.networks.iter().filter(|(_, n)| n.endpoints.contains(id)).map(|(id, _)| id.clone()).collect();
+            let networks: BTreeSet<String> =
+                self.networks.iter().filter(|(_, n)| n.endpoints.contains(id)).map(|(id, _)| id.clone()).collect();
             let view_networks: BTreeSet<String> = view.networks.keys().cloned().collect();
             if view.name != expected.name
                 || view.vch != expected.vch

@@ -522,8 +522,12 @@ impl Simulation {
                 let active = matches!(vm.power, ObservedPower::Running | ObservedPower::Paused);
                 let as_desired = match container.status {
                     ContainerStatus::Created | ContainerStatus::Exited => !active,
-                    ContainerStatus::Running => vm.power == ObservedPower::Running && vm.generation == container.generation && !container.stop_requested,
-                    ContainerStatus::Paused => vm.power == ObservedPower::Paused && vm.generation == container.generation && !container.stop_requested,
+                    ContainerStatus::Running => {
+                        vm.power == ObservedPower::Running && vm.generation == container.generation && !container.stop_requested
+                    }
+                    ContainerStatus::Paused => {
+                        vm.power == ObservedPower::Paused && vm.generation == container.generation && !container.stop_requested
+                    }
                 };
                 if vm.vch != container.vch || !as_desired {
                     return Err(format!("container {} is {:?} in the log but its VM is {vm:?}", container.id, container.status));
@@ -537,10 +541,11 @@ impl Simulation {
                 let wanted: Vec<&String> = model.networks.keys().collect();
                 return Err(format!("the infrastructure holds networks {held:?}, the log wants {wanted:?}"));
             }
-            let vchs_match = world.vchs.len() == model.vchs.len()
-                && model.vchs.iter().all(|(name, vch)| world.vchs.get(name) == Some(&vch.spec));
+            let vchs_match =
+                world.vchs.len() == model.vchs.len() && model.vchs.iter().all(|(name, vch)| world.vchs.get(name) == Some(&vch.spec));
             if !vchs_match {
-                let wanted: BTreeMap<&String, &berth_core::events::VchSpec> = model.vchs.iter().map(|(name, vch)| (name, &vch.spec)).collect();
+                let wanted: BTreeMap<&String, &berth_core::events::VchSpec> =
+                    model.vchs.iter().map(|(name, vch)| (name, &vch.spec)).collect();
                 return Err(format!("the infrastructure holds VCHs {:?}, the log wants {wanted:?}", world.vchs));
             }
             Ok(())

@@ -81,7 +81,9 @@ pub fn next_op(rng: &SimRng, reference: &Reference) -> Op {
             }
         }
         18..=33 => Op::Start { id: container_id(rng, reference) },
-        34..=40 => Op::Stop { id: container_id(rng, reference), timeout_s: if rng.chance(0.5) { Some(rng.below(20) as i64) } else { None } },
+        34..=40 => {
+            Op::Stop { id: container_id(rng, reference), timeout_s: if rng.chance(0.5) { Some(rng.below(20) as i64) } else { None } }
+        }
         41..=44 => Op::Kill { id: container_id(rng, reference), signal: if rng.chance(0.8) { "SIGKILL".into() } else { "SIGTERM".into() } },
         45..=49 => Op::Pause { id: container_id(rng, reference) },
         50..=54 => Op::Unpause { id: container_id(rng, reference) },

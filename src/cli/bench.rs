@@ -112,9 +112,15 @@ fn bench_log(dir: Option<PathBuf>, duration: Duration, writers: &[usize]) -> any
         }
         None => tempfile::tempdir_in(".")?,
     };
-    println!("# berth bench log: {RECORD_SIZE_BYTES}-byte events, {:.1} s per figure, in {}", duration.as_secs_f64(), base.path().display());
+    println!(
+        "# berth bench log: {RECORD_SIZE_BYTES}-byte events, {:.1} s per figure, in {}",
+        duration.as_secs_f64(),
+        base.path().display()
+    );
     println!();
-    println!("| writers | berth durable appends/s | events per fsync | raw synced WriteBatch of {{writers}} records: records/s | berth / raw |");
+    println!(
+        "| writers | berth durable appends/s | events per fsync | raw synced WriteBatch of {{writers}} records: records/s | berth / raw |"
+    );
     println!("|---:|---:|---:|---:|---:|");
     for &writer_count in writers {
         let raw = raw_synced_batches(&base.path().join(format!("raw-{writer_count}")), writer_count, RECORD_SIZE_BYTES, duration)

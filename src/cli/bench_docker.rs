@@ -47,7 +47,11 @@ impl Connection {
 
     /// Sends a request and reads the whole response; returns (status, body).
     fn request(&mut self, method: &str, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
-        write!(self.writer, "{method} {path} HTTP/1.1\r\nHost: berth\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
+        write!(
+            self.writer,
+            "{method} {path} HTTP/1.1\r\nHost: berth\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
         let mut status_line = String::new();
         self.reader.read_line(&mut status_line)?;
         let status: u16 = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("bad status line")?;
@@ -110,7 +114,14 @@ fn busybox_tarball(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Throughput of `request` from `clients` keep-alive connections for `duration`.
-fn rate(address: &str, clients: usize, duration: Duration, method: &'static str, path: &'static str, body: &'static str) -> anyhow::Result<f64> {
+fn rate(
+    address: &str,
+    clients: usize,
+    duration: Duration,
+    method: &'static str,
+    path: &'static str,
+    body: &'static str,
+) -> anyhow::Result<f64> {
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let barrier = Arc::new(Barrier::new(clients + 1));
@@ -256,7 +267,14 @@ fn measure(args: &BenchDockerArgs, address: &str, dir: &std::path::Path, raw_sam
     samples.sort_by(f64::total_cmp);
     let duration = Duration::from_secs_f64(args.seconds);
     let ping_rate = rate(address, args.clients, duration, "GET", "/_ping", "")?;
-    let create_rate = rate(address, args.clients, duration, "POST", "/v1.47/containers/create", r#"{"Image":"bench","Cmd":["true"],"HostConfig":{"NetworkMode":"none"}}"#)?;
+    let create_rate = rate(
+        address,
+        args.clients,
+        duration,
+        "POST",
+        "/v1.47/containers/create",
+        r#"{"Image":"bench","Cmd":["true"],"HostConfig":{"NetworkMode":"none"}}"#,
+    )?;
 
     // 50 parallel creates, each on its own connection, released together.
     let barrier = Arc::new(Barrier::new(51));
@@ -266,7 +284,9 @@ fn measure(args: &BenchDockerArgs, address: &str, dir: &std::path::Path, raw_sam
         let barrier = barrier.clone();
         threads.push(std::thread::spawn(move || {
             barrier.wait();
-            connection.request("POST", "/v1.47/containers/create", r#"{"Image":"bench","Cmd":["true"],"HostConfig":{"NetworkMode":"none"}}"#).map(|(s, _)| s)
+            connection
+                .request("POST", "/v1.47/containers/create", r#"{"Image":"bench","Cmd":["true"],"HostConfig":{"NetworkMode":"none"}}"#)
+                .map(|(s, _)| s)
         }));
     }
     barrier.wait();
@@ -278,7 +298,6 @@ fn measure(args: &BenchDockerArgs, address: &str, dir: &std::path::Path, raw_sam
         }
     }
     let parallel_ms = started.elapsed().as_secs_f64() * 1000.0;
-
 
     println!("# berth bench docker ({} sequential creates, {} clients, {:.1} s per rate)", args.creates, args.clients, args.seconds);
     println!();
@@ -296,7 +315,11 @@ fn measure(args: &BenchDockerArgs, address: &str, dir: &std::path::Path, raw_sam
         percentile(raw_samples_ms, 0.99),
         percentile(&samples, 0.99) / percentile(raw_samples_ms, 0.99).max(1e-9)
     );
-    println!("| creates/s, {} keep-alive clients | {create_rate:.0} | /_ping/s {ping_rate:.0} | {:.0}% |", args.clients, 100.0 * create_rate / ping_rate.max(1e-9));
+    println!(
+        "| creates/s, {} keep-alive clients | {create_rate:.0} | /_ping/s {ping_rate:.0} | {:.0}% |",
+        args.clients,
+        100.0 * create_rate / ping_rate.max(1e-9)
+    );
     println!("| 50 parallel creates | {parallel_ms:.1} ms | VIC: 3.2 s; goal ≤ 100 ms | |");
     println!("| run to exit (`true`) p50 | {:.0} ms | VIC create alone: 295 ms | |", percentile(&run_samples, 0.5));
     Ok(())

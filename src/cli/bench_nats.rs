@@ -71,7 +71,11 @@ impl NatsServer {
     fn start(store_dir: &Path) -> anyhow::Result<NatsServer> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut command = std::process::Command::new("nats-server");
-        command.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"]).arg(store_dir).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        command
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store_dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         // SAFETY: prctl is async-signal-safe; it makes the server die with the bench even when the bench is killed.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut command, || {
@@ -79,9 +83,7 @@ impl NatsServer {
                 Ok(())
             });
         }
-        let child = command
-            .spawn()
-            .context("starting nats-server (install it: apt-get install nats-server)")?;
+        let child = command.spawn().context("starting nats-server (install it: apt-get install nats-server)")?;
         let server = NatsServer { child, url: format!("nats://127.0.0.1:{port}") };
         let deadline = Instant::now() + NATS_START_WAIT;
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -155,7 +157,11 @@ struct LatencyFigures {
     max_ms: f64,
 }
 
-fn latency_figures(commits: &HashMap<u64, Instant>, arrivals: &std::sync::mpsc::Receiver<(u64, Instant)>, wanted: &std::ops::RangeInclusive<u64>) -> anyhow::Result<LatencyFigures> {
+fn latency_figures(
+    commits: &HashMap<u64, Instant>,
+    arrivals: &std::sync::mpsc::Receiver<(u64, Instant)>,
+    wanted: &std::ops::RangeInclusive<u64>,
+) -> anyhow::Result<LatencyFigures> {
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut delivered_count = 0;
     let deadline = Instant::now() + DELIVERY_WAIT;
@@ -264,8 +270,14 @@ async fn latency(args: &BenchNatsArgs, url: &str, base: &Path) -> anyhow::Result
     println!();
     println!("| delivered to | events delivered | p50 ms | p99 ms | max ms | goal p99 |");
     println!("|---|---:|---:|---:|---:|---:|");
-    println!("| SSE client of the portal | {} | {:.2} | {:.2} | {:.2} | ≤ 20 ms |", sse.delivered_count, sse.p50_ms, sse.p99_ms, sse.max_ms);
-    println!("| JetStream ordered consumer (via the relay) | {} | {:.2} | {:.2} | {:.2} | ≤ 50 ms |", jetstream.delivered_count, jetstream.p50_ms, jetstream.p99_ms, jetstream.max_ms);
+    println!(
+        "| SSE client of the portal | {} | {:.2} | {:.2} | {:.2} | ≤ 20 ms |",
+        sse.delivered_count, sse.p50_ms, sse.p99_ms, sse.max_ms
+    );
+    println!(
+        "| JetStream ordered consumer (via the relay) | {} | {:.2} | {:.2} | {:.2} | ≤ 50 ms |",
+        jetstream.delivered_count, jetstream.p50_ms, jetstream.p99_ms, jetstream.max_ms
+    );
     Ok(())
 }
 
@@ -285,7 +297,8 @@ async fn rate(args: &BenchNatsArgs, url: &str, base: &Path) -> anyhow::Result<()
     let dyn_log: Arc<dyn EventLog> = log.clone();
     let reading_log = dyn_log.clone();
     let prepare_started = Instant::now();
-    let messages = tokio::task::spawn_blocking(move || berth_nats::bench::prepare_messages(reading_log.as_ref(), event_count as usize)).await??;
+    let messages =
+        tokio::task::spawn_blocking(move || berth_nats::bench::prepare_messages(reading_log.as_ref(), event_count as usize)).await??;
     // What the relay's reader does alone (read, decode, find the VCH, encode JSON), on one thread.
     let prepare_rate = messages.len() as f64 / prepare_started.elapsed().as_secs_f64();
 
@@ -304,7 +317,10 @@ async fn rate(args: &BenchNatsArgs, url: &str, base: &Path) -> anyhow::Result<()
         let started = Instant::now();
         let published_before = status.borrow().published_position.0;
         // Reduced to a bool at once: the watch guard `wait_for` returns would block the relay's status updates.
-        let caught_up = tokio::time::timeout(Duration::from_secs(300), status.wait_for(|status| status.published_position.0 >= event_count)).await.is_ok_and(|result| result.is_ok());
+        let caught_up =
+            tokio::time::timeout(Duration::from_secs(300), status.wait_for(|status| status.published_position.0 >= event_count))
+                .await
+                .is_ok_and(|result| result.is_ok());
         let relay_time = started.elapsed();
         relay.stop().await;
         if !caught_up {

@@ -98,7 +98,15 @@ fn print_event(event: &RecordedEvent, json: bool, out: &mut impl Write) -> std::
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_default();
-    writeln!(out, "{:>8}  {time}  {:<40} v{:<4} {:<28} {}", event.position.0, event.stream.to_string(), event.version.0, event.event.type_name(), event.actor)
+    writeln!(
+        out,
+        "{:>8}  {time}  {:<40} v{:<4} {:<28} {}",
+        event.position.0,
+        event.stream.to_string(),
+        event.version.0,
+        event.event.type_name(),
+        event.actor
+    )
 }
 
 fn read_line_limited(reader: &mut impl BufRead) -> anyhow::Result<Option<String>> {
@@ -181,12 +189,16 @@ fn read_stream(host_port: &str, path: &str, last_position: &mut Option<u64>, jso
             chunked = true;
         }
     }
-    let body: Box<dyn Read> = if chunked { Box::new(Dechunked { inner: reader, remaining_bytes: 0, finished: false }) } else { Box::new(reader) };
+    let body: Box<dyn Read> =
+        if chunked { Box::new(Dechunked { inner: reader, remaining_bytes: 0, finished: false }) } else { Box::new(reader) };
     let mut body = BufReader::new(body);
     if status != 200 {
         let mut text = String::new();
         let _ = body.read_to_string(&mut text);
-        let message = serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|value| value["message"].as_str().map(str::to_string)).unwrap_or(text);
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|value| value["message"].as_str().map(str::to_string))
+            .unwrap_or(text);
         bail!("the portal refused the event stream ({status}): {message}");
     }
     let stdout = std::io::stdout();
@@ -199,7 +211,8 @@ fn read_stream(host_port: &str, path: &str, last_position: &mut Option<u64>, jso
         };
         if line.is_empty() {
             if !data.is_empty() {
-                let event: RecordedEvent = serde_json::from_str(&data).with_context(|| format!("the portal sent an event that is not a berth event: {data}"))?;
+                let event: RecordedEvent =
+                    serde_json::from_str(&data).with_context(|| format!("the portal sent an event that is not a berth event: {data}"))?;
                 let mut out = stdout.lock();
                 print_event(&event, json, &mut out)?;
                 out.flush()?;
@@ -247,7 +260,15 @@ mod tests {
 
     #[test]
     fn builds_the_request_from_the_filters() {
-        let args = EventsArgs { server: String::new(), follow: false, vch: Some("a b".into()), kind: Some("volume".into()), id: None, since: Some(4), json: false };
+        let args = EventsArgs {
+            server: String::new(),
+            follow: false,
+            vch: Some("a b".into()),
+            kind: Some("volume".into()),
+            id: None,
+            since: Some(4),
+            json: false,
+        };
         assert_eq!(request_path(&args), "/api/events?vch=a%20b&kind=volume&since=4&follow=false");
         assert_eq!(host_port("http://127.0.0.1:8080/").unwrap(), "127.0.0.1:8080");
         assert!(host_port("https://x:1").is_err());

@@ -63,7 +63,12 @@ pub struct NatsArgs {
 impl NatsArgs {
     fn stream_settings(&self) -> anyhow::Result<StreamSettings> {
         let retention = Retention::parse(&self.nats_retention).with_context(|| format!("--nats-retention {:?}", self.nats_retention))?;
-        Ok(StreamSettings { name: self.nats_stream.clone(), replicas: usize::from(self.nats_replicas), retention, max_age: self.nats_max_age })
+        Ok(StreamSettings {
+            name: self.nats_stream.clone(),
+            replicas: usize::from(self.nats_replicas),
+            retention,
+            max_age: self.nats_max_age,
+        })
     }
 }
 
@@ -95,8 +100,13 @@ pub async fn start_live(log: Arc<dyn EventLog>, views: ViewHandle, portal_args: 
                 .await
                 .with_context(|| format!("starting the NATS relay to {url}"))?;
             match relay.status().state {
-                RelayState::Degraded { reason } => println!("berth: NATS relay degraded ({reason}); berth serves from its own log meanwhile"),
-                _ => println!("berth: relaying events to NATS {url}, stream {} ({} replicas, {} retention)", settings.name, settings.replicas, settings.retention),
+                RelayState::Degraded { reason } => {
+                    println!("berth: NATS relay degraded ({reason}); berth serves from its own log meanwhile")
+                }
+                _ => println!(
+                    "berth: relaying events to NATS {url}, stream {} ({} replicas, {} retention)",
+                    settings.name, settings.replicas, settings.retention
+                ),
             }
             portal_state.metrics.push(Arc::new(RelayMetrics { status: relay.subscribe(), log: log.clone() }));
             Some(relay)
@@ -138,9 +148,19 @@ impl MetricsSource for RelayMetrics {
         let up = u8::from(status.state == RelayState::Publishing);
         write_gauge(out, "berth_relay_up", "1 when the NATS relay is publishing, 0 when it is connecting or degraded.", up);
         write_gauge(out, "berth_relay_published_position", "The last log position JetStream acknowledged.", status.published_position.0);
-        write_gauge(out, "berth_relay_lag_events", "Committed events not yet acknowledged by JetStream.", self.log.head().0.saturating_sub(status.published_position.0));
+        write_gauge(
+            out,
+            "berth_relay_lag_events",
+            "Committed events not yet acknowledged by JetStream.",
+            self.log.head().0.saturating_sub(status.published_position.0),
+        );
         write_gauge(out, "berth_relay_stream_sequence", "The JetStream sequence of the last acknowledged event.", status.stream_sequence);
-        write_gauge(out, "berth_relay_duplicate_acks", "Replays that JetStream's dedup window answered as duplicates.", status.duplicate_count);
+        write_gauge(
+            out,
+            "berth_relay_duplicate_acks",
+            "Replays that JetStream's dedup window answered as duplicates.",
+            status.duplicate_count,
+        );
         write_gauge(out, "berth_relay_restarts", "Relay sessions that failed and were started again.", status.restart_count);
     }
 }
@@ -164,7 +184,12 @@ impl MetricsSource for FollowerMetrics {
         let up = u8::from(status.state == FollowerState::Following);
         write_gauge(out, "berth_follower_up", "1 when the follower is reading the stream, 0 when it is connecting or degraded.", up);
         write_gauge(out, "berth_follower_position", "The last position durable in the follower's replica.", status.position.0);
-        write_gauge(out, "berth_follower_leader_position", "The leader's last published position, as the stream reports it.", status.leader_position.0);
+        write_gauge(
+            out,
+            "berth_follower_leader_position",
+            "The leader's last published position, as the stream reports it.",
+            status.leader_position.0,
+        );
         write_gauge(out, "berth_follower_lag_events", "Events the follower is behind the leader's stream.", status.lag_event_count());
         let lag_seconds = follower_lag_ms(&status, SystemClock.now_ms()) as f64 / 1000.0;
         write_gauge(out, "berth_follower_lag_seconds", "Age of the newest replicated event while behind; 0 when caught up.", lag_seconds);
@@ -225,7 +250,9 @@ async fn follow(args: FollowArgs) -> anyhow::Result<ExitCode> {
             ("follower.lag_ms".to_string(), follower_lag_ms(&status, SystemClock.now_ms()).to_string()),
         ]
     }));
-    let listener = tokio::net::TcpListener::bind(args.docker_listen).await.with_context(|| format!("binding the Docker API to {}", args.docker_listen))?;
+    let listener = tokio::net::TcpListener::bind(args.docker_listen)
+        .await
+        .with_context(|| format!("binding the Docker API to {}", args.docker_listen))?;
     let address = listener.local_addr()?;
     println!("berth {}: read-only follower of NATS {} stream {}", env!("CARGO_PKG_VERSION"), args.nats, args.nats_stream);
     println!("berth {}: Docker API listening on tcp://{address} (data in {})", env!("CARGO_PKG_VERSION"), data_dir.display());

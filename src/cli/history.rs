@@ -114,7 +114,14 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     println!("views at position {}", views.position);
     println!("\nCONTAINERS");
     for container in views.containers.values() {
-        println!("  {}  {:<24} {:<10} {:<20} exit {}", &container.id[..12], container.name, container.state, container.spec.image, container.exit_code);
+        println!(
+            "  {}  {:<24} {:<10} {:<20} exit {}",
+            &container.id[..12],
+            container.name,
+            container.state,
+            container.spec.image,
+            container.exit_code
+        );
     }
     println!("\nIMAGES");
     for image in views.images.values() {
@@ -134,7 +141,9 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 pub fn run_audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let reader = open(args.data_dir)?;
     let stream_kind = match &args.kind {
-        Some(kind) => Some(StreamKind::parse(kind).with_context(|| format!("unknown kind {kind:?}: want vch, container, image, volume or network"))?),
+        Some(kind) => {
+            Some(StreamKind::parse(kind).with_context(|| format!("unknown kind {kind:?}: want vch, container, image, volume or network"))?)
+        }
         None => None,
     };
     let filter = AuditFilter {
@@ -160,7 +169,14 @@ pub fn run_audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
                 })
             );
         } else {
-            println!("{:>8}  {}  {:<12} {:<40} {}", entry.position.0, format_ms(entry.time_ms), entry.actor, entry.stream.to_string(), entry.summary);
+            println!(
+                "{:>8}  {}  {:<12} {:<40} {}",
+                entry.position.0,
+                format_ms(entry.time_ms),
+                entry.actor,
+                entry.stream.to_string(),
+                entry.summary
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

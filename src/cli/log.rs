@@ -58,7 +58,14 @@ fn print_event(event: &RecordedEvent, json: bool) {
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_default();
-    println!("{:>8}  {time}  {:<40} v{:<4} {:<28} {}", event.position.0, event.stream.to_string(), event.version.0, event.event.type_name(), event.actor);
+    println!(
+        "{:>8}  {time}  {:<40} v{:<4} {:<28} {}",
+        event.position.0,
+        event.stream.to_string(),
+        event.version.0,
+        event.event.type_name(),
+        event.actor
+    );
 }
 
 pub fn run(command: LogCommand) -> anyhow::Result<ExitCode> {

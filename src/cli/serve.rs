@@ -9,10 +9,10 @@ use berth_engine::{CommandBus, ProjectionRunner};
 use berth_log_rocksdb::RocksLog;
 use clap::Args;
 use std::collections::BTreeMap;
+use std::future::IntoFuture as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::future::IntoFuture as _;
 use std::sync::Arc;
 
 /// The name of the VCH that `berth serve` runs on the local runtime.
@@ -43,10 +43,7 @@ pub struct ServeArgs {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if !args.docker_listen.ip().is_loopback() {
-        bail!(
-            "refusing to serve the Docker API on {} without TLS: berth serves plain HTTP on loopback addresses only",
-            args.docker_listen
-        );
+        bail!("refusing to serve the Docker API on {} without TLS: berth serves plain HTTP on loopback addresses only", args.docker_listen);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(serve(args))
@@ -131,8 +128,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     let socket_path = args.docker_socket.clone().unwrap_or_else(|| data_dir.join("docker.sock"));
     let _ = std::fs::remove_file(&socket_path);
-    let unix_listener = tokio::net::UnixListener::bind(&socket_path)
-        .with_context(|| format!("binding the Docker API socket {}", socket_path.display()))?;
+    let unix_listener =
+        tokio::net::UnixListener::bind(&socket_path).with_context(|| format!("binding the Docker API socket {}", socket_path.display()))?;
     println!("berth: Docker API listening on unix://{}", socket_path.display());
 
     let live = super::follow::start_live(log.clone(), views.clone(), &args.portal, &args.nats).await?;
@@ -146,10 +143,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             })
             .into_future(),
     );
-    let tcp_server = axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(service)).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stop_sender.send(true);
-    });
+    let tcp_server =
+        axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(service)).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_sender.send(true);
+        });
     tcp_server.await.context("serving the Docker API")?;
     let _ = unix_server.await;
     let _ = std::fs::remove_file(&socket_path);

@@ -111,7 +111,14 @@ impl Server {
                 docker_address = Some(rest.split_whitespace().next().unwrap().to_string());
             }
         }
-        Server { child, docker_address: docker_address.unwrap(), data_dir: data_dir.to_path_buf(), _temp: None, stdout_lines: receiver, _slot: slot }
+        Server {
+            child,
+            docker_address: docker_address.unwrap(),
+            data_dir: data_dir.to_path_buf(),
+            _temp: None,
+            stdout_lines: receiver,
+            _slot: slot,
+        }
     }
 
     pub fn docker_host(&self) -> String {
@@ -151,7 +158,12 @@ impl Server {
             for network in networks {
                 let name = network["Name"].as_str().unwrap_or_default();
                 if !["bridge", "host", "none"].contains(&name) {
-                    http_request(&self.docker_address, "DELETE", &format!("/networks/{}", network["Id"].as_str().unwrap_or_default()), None);
+                    http_request(
+                        &self.docker_address,
+                        "DELETE",
+                        &format!("/networks/{}", network["Id"].as_str().unwrap_or_default()),
+                        None,
+                    );
                 }
             }
         }

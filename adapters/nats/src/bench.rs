@@ -72,12 +72,22 @@ pub async fn delete_stream(url: &str, name: &str) -> Result<(), BenchError> {
 /// `subject_prefix` (instead of `berth`), asynchronously with at most
 /// `in_flight_count_max` unacknowledged, and returns how long it took from the
 /// first publish to the last ack.
-pub async fn raw_publish(url: &str, stream_name: &str, subject_prefix: &str, messages: &PreparedMessages, in_flight_count_max: usize) -> Result<Duration, BenchError> {
+pub async fn raw_publish(
+    url: &str,
+    stream_name: &str,
+    subject_prefix: &str,
+    messages: &PreparedMessages,
+    in_flight_count_max: usize,
+) -> Result<Duration, BenchError> {
     let client = connected(url).await?;
     let context = jetstream::ContextBuilder::new().max_ack_inflight(in_flight_count_max * 2).backpressure_on_inflight(true).build(client);
     let _ = context.delete_stream(stream_name).await;
     context
-        .create_stream(stream::Config { name: stream_name.to_string(), subjects: vec![format!("{subject_prefix}.>")], ..Default::default() })
+        .create_stream(stream::Config {
+            name: stream_name.to_string(),
+            subjects: vec![format!("{subject_prefix}.>")],
+            ..Default::default()
+        })
         .await
         .map_err(nats_error)?;
     // Encode everything first: the yardstick is publishing alone.
@@ -93,7 +103,8 @@ pub async fn raw_publish(url: &str, stream_name: &str, subject_prefix: &str, mes
         })
         .collect();
     let started = Instant::now();
-    let mut in_flight: FuturesOrdered<<async_nats::jetstream::context::PublishAckFuture as std::future::IntoFuture>::IntoFuture> = FuturesOrdered::new();
+    let mut in_flight: FuturesOrdered<<async_nats::jetstream::context::PublishAckFuture as std::future::IntoFuture>::IntoFuture> =
+        FuturesOrdered::new();
     for (subject, headers, payload) in outgoing {
         if in_flight.len() >= in_flight_count_max {
             if let Some(result) = in_flight.next().await {
@@ -122,7 +133,8 @@ pub async fn consume_positions(url: &str, stream_name: &str, arrivals: std::sync
     while let Some(message) = messages.next().await {
         let arrived = Instant::now();
         let message = message.map_err(nats_error)?;
-        let position = message.headers.as_ref().and_then(|headers| headers.get(POSITION_HEADER)).and_then(|value| value.as_str().parse::<u64>().ok());
+        let position =
+            message.headers.as_ref().and_then(|headers| headers.get(POSITION_HEADER)).and_then(|value| value.as_str().parse::<u64>().ok());
         if let Some(position) = position {
             if arrivals.send((position, arrived)).is_err() {
                 return Ok(());

@@ -36,7 +36,9 @@ pub async fn connect(url: &str, client_name: &str) -> Result<async_nats::Client,
     // client also learns the cluster's other members from the one it reaches.
     let mut addresses = Vec::new();
     for part in url.split(',').map(str::trim).filter(|part| !part.is_empty()) {
-        let address = part.parse::<async_nats::ServerAddr>().map_err(|error| ConnectionError::BadAddress { url: url.to_string(), reason: error.to_string() })?;
+        let address = part
+            .parse::<async_nats::ServerAddr>()
+            .map_err(|error| ConnectionError::BadAddress { url: url.to_string(), reason: error.to_string() })?;
         addresses.push(address);
     }
     if addresses.is_empty() {

@@ -121,7 +121,13 @@ impl Follower {
     }
 }
 
-async fn run(log: Arc<dyn EventLog>, config: FollowerConfig, client: async_nats::Client, status: watch::Sender<FollowerStatus>, mut stop: watch::Receiver<bool>) {
+async fn run(
+    log: Arc<dyn EventLog>,
+    config: FollowerConfig,
+    client: async_nats::Client,
+    status: watch::Sender<FollowerStatus>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut retry_delay = RETRY_DELAY_MIN;
     loop {
         let before = status.borrow().position;
@@ -154,7 +160,9 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
 async fn save_checkpoint(log: &Arc<dyn EventLog>, name: &str, position: Position, sequence: u64) -> Result<(), FollowerError> {
     let log = log.clone();
     let name = name.to_string();
-    blocking(move || log.save_checkpoint(&name, position, &sequence.to_be_bytes())).await?.map_err(|error| FollowerError::Log(error.to_string()))
+    blocking(move || log.save_checkpoint(&name, position, &sequence.to_be_bytes()))
+        .await?
+        .map_err(|error| FollowerError::Log(error.to_string()))
 }
 
 /// The result of one replica append: the event's position and stream sequence.
@@ -185,8 +193,11 @@ async fn session(
     };
     // Start after the checkpointed message; events the replica already holds
     // beyond it (appended after the last checkpoint) are skipped by position.
-    let deliver_policy = match stored.and_then(|(position, state)| Some((position, u64::from_be_bytes(state.as_slice().try_into().ok()?)))) {
-        Some((position, sequence)) if position <= head && sequence > 0 => consumer::DeliverPolicy::ByStartSequence { start_sequence: sequence + 1 },
+    let deliver_policy = match stored.and_then(|(position, state)| Some((position, u64::from_be_bytes(state.as_slice().try_into().ok()?))))
+    {
+        Some((position, sequence)) if position <= head && sequence > 0 => {
+            consumer::DeliverPolicy::ByStartSequence { start_sequence: sequence + 1 }
+        }
         _ => consumer::DeliverPolicy::All,
     };
     let ordered = stream
@@ -294,7 +305,11 @@ fn replica_append(recorded: RecordedEvent) -> AppendRequest {
         command_id: None,
         actor: recorded.actor,
         recorded_at_ms: recorded.recorded_at_ms,
-        streams: vec![StreamAppendRequest { stream: recorded.stream, expected, events: vec![NewEvent { event_id: recorded.event_id, event: recorded.event }] }],
+        streams: vec![StreamAppendRequest {
+            stream: recorded.stream,
+            expected,
+            events: vec![NewEvent { event_id: recorded.event_id, event: recorded.event }],
+        }],
     }
 }
 

@@ -184,7 +184,8 @@ impl Relay {
         log.on_commit(Box::new(move |position| {
             head_sender.send_replace(position);
         }));
-        let status = RelayStatus { state: initial_state, published_position: Position(0), stream_sequence: 0, duplicate_count: 0, restart_count: 0 };
+        let status =
+            RelayStatus { state: initial_state, published_position: Position(0), stream_sequence: 0, duplicate_count: 0, restart_count: 0 };
         let (status_sender, status_receiver) = watch::channel(status);
         let (stop_sender, stop_receiver) = watch::channel(false);
         let task = tokio::spawn(run(RelayTask { log, config, client, context, head, status: status_sender, stop: stop_receiver }));
@@ -411,7 +412,8 @@ impl Publisher<'_> {
             }
         }
         if self.saving.is_none() && self.acked_position > self.saved_position {
-            let (log, name, position, sequence) = (self.task.log.clone(), self.checkpoint.clone(), self.acked_position, self.acked_sequence);
+            let (log, name, position, sequence) =
+                (self.task.log.clone(), self.checkpoint.clone(), self.acked_position, self.acked_sequence);
             self.saving = Some(tokio::spawn(async move { save_checkpoint(&log, &name, position, sequence).await.map(|()| position) }));
         }
         Ok(())
@@ -505,7 +507,12 @@ async fn publish_loop(
 
 /// Reads the log after `after` and prepares each event's message, in order
 /// and in batches, until the receiver goes away.
-async fn read_log(log: Arc<dyn EventLog>, after: Position, mut head: watch::Receiver<Position>, sender: mpsc::Sender<Result<Vec<PreparedMessage>, ReadError>>) {
+async fn read_log(
+    log: Arc<dyn EventLog>,
+    after: Position,
+    mut head: watch::Receiver<Position>,
+    sender: mpsc::Sender<Result<Vec<PreparedMessage>, ReadError>>,
+) {
     let mut position = after;
     let mut resolver = VchResolver::default();
     loop {
@@ -544,7 +551,8 @@ pub(crate) fn prepare_batch(log: &dyn EventLog, resolver: &mut VchResolver, afte
     for event in events {
         let vch = resolver.vch_of(log, &event)?;
         let mut payload = Vec::with_capacity(PAYLOAD_CAPACITY_BYTES);
-        serde_json::to_writer(&mut payload, &event).map_err(|error| ReadError::Corrupt { position: event.position.0, reason: error.to_string() })?;
+        serde_json::to_writer(&mut payload, &event)
+            .map_err(|error| ReadError::Corrupt { position: event.position.0, reason: error.to_string() })?;
         prepared.push(PreparedMessage {
             position: event.position,
             subject: subject_of(&vch, &event.stream, event.event.type_name()),
@@ -554,7 +562,6 @@ pub(crate) fn prepare_batch(log: &dyn EventLog, resolver: &mut VchResolver, afte
     }
     Ok(prepared)
 }
-
 
 /// Resolves once a stop is asked for (the watch guard is dropped before any await).
 async fn stopped(stop: &mut watch::Receiver<bool>) {

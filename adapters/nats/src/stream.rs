@@ -174,7 +174,12 @@ fn is_stream_not_found(error: &jetstream::context::GetStreamError) -> bool {
 }
 
 fn check_settings(config: &stream::Config, settings: &StreamSettings) -> Result<(), StreamError> {
-    let conflict = |setting: &'static str, existing: String, asked: String| StreamError::Conflict { name: settings.name.clone(), setting, existing, asked };
+    let conflict = |setting: &'static str, existing: String, asked: String| StreamError::Conflict {
+        name: settings.name.clone(),
+        setting,
+        existing,
+        asked,
+    };
     if !config.subjects.iter().any(|subject| subject == SUBJECT_FILTER_ALL) {
         return Err(StreamError::SubjectsMissing { name: settings.name.clone(), subjects: config.subjects.clone() });
     }

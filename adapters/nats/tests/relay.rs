@@ -60,7 +60,11 @@ fn append(log: &dyn EventLog, stream: StreamId, event: DomainEvent, sequence: u6
         command_id: None,
         actor: "test".into(),
         recorded_at_ms: sequence,
-        streams: vec![StreamAppendRequest { stream, expected: ExpectedVersion::Any, events: vec![NewEvent { event_id: event_id(sequence), event }] }],
+        streams: vec![StreamAppendRequest {
+            stream,
+            expected: ExpectedVersion::Any,
+            events: vec![NewEvent { event_id: event_id(sequence), event }],
+        }],
     };
     log.append(request).expect("append");
 }
@@ -68,14 +72,18 @@ fn append(log: &dyn EventLog, stream: StreamId, event: DomainEvent, sequence: u6
 fn append_volumes(log: &dyn EventLog, from: u64, count: u64) {
     for sequence in from..from + count {
         let name = format!("v{sequence}");
-        let event = DomainEvent::VolumeCreated { name: name.clone(), driver: "local".into(), labels: BTreeMap::new(), created_ms: sequence };
+        let event =
+            DomainEvent::VolumeCreated { name: name.clone(), driver: "local".into(), labels: BTreeMap::new(), created_ms: sequence };
         append(log, StreamId::new(StreamKind::Volume, name), event, sequence);
     }
 }
 
 async fn wait_published(relay: &Relay, position: u64) {
     let mut status = relay.subscribe();
-    tokio::time::timeout(WAIT, status.wait_for(|status| status.published_position.0 >= position)).await.expect("the relay published in time").unwrap();
+    tokio::time::timeout(WAIT, status.wait_for(|status| status.published_position.0 >= position))
+        .await
+        .expect("the relay published in time")
+        .unwrap();
 }
 
 fn open_log(dir: &tempfile::TempDir) -> Arc<RocksLog> {
@@ -113,7 +121,13 @@ async fn container_events_carry_their_vch_in_the_subject() {
     let dir = tempfile::tempdir().unwrap();
     let log = open_log(&dir);
     let container = StreamId::new(StreamKind::Container, "c0ffee");
-    let created = DomainEvent::ContainerCreated { name: "web".into(), vch: "prod.eu".into(), image_id: "sha256:ab".into(), spec: ContainerSpec::default(), created_ms: 1 };
+    let created = DomainEvent::ContainerCreated {
+        name: "web".into(),
+        vch: "prod.eu".into(),
+        image_id: "sha256:ab".into(),
+        spec: ContainerSpec::default(),
+        created_ms: 1,
+    };
     append(log.as_ref(), container.clone(), created, 1);
     append(log.as_ref(), StreamId::new(StreamKind::Vch, "prod.eu"), DomainEvent::VchDeleted, 2);
     append_volumes(log.as_ref(), 3, 1);
@@ -124,7 +138,14 @@ async fn container_events_carry_their_vch_in_the_subject() {
     wait_published(&relay, 4).await;
     relay.stop().await;
     let subjects: Vec<String> = stream_messages(&nats.url, "berth").await.unwrap().into_iter().map(|message| message.subject).collect();
-    assert_eq!(subjects, ["berth.prod%2Eeu.vch.prod%2Eeu.VchDeleted", "berth.default.volume.v3.VolumeCreated", "berth.prod%2Eeu.container.c0ffee.ContainerStarted"]);
+    assert_eq!(
+        subjects,
+        [
+            "berth.prod%2Eeu.vch.prod%2Eeu.VchDeleted",
+            "berth.default.volume.v3.VolumeCreated",
+            "berth.prod%2Eeu.container.c0ffee.ContainerStarted"
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,7 +180,8 @@ async fn a_follower_replica_holds_the_leaders_events_at_the_same_positions_and_v
 
     let follower_dir = tempfile::tempdir().unwrap();
     let replica = open_log(&follower_dir);
-    let follower = Follower::start(replica.clone(), FollowerConfig { server_url: nats.url.clone(), stream_name: "berth".into() }).await.unwrap();
+    let follower =
+        Follower::start(replica.clone(), FollowerConfig { server_url: nats.url.clone(), stream_name: "berth".into() }).await.unwrap();
     let mut status = follower.subscribe();
     tokio::time::timeout(WAIT, status.wait_for(|status| status.position.0 >= 40)).await.expect("the follower caught up").unwrap();
     assert_eq!(follower.status().lag_event_count(), 0);

@@ -63,7 +63,8 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<RecordedEvent, EnvelopeError> {
     }
     let envelope: EnvelopeV1 = rmp_serde::from_slice(&bytes[4..]).map_err(|error| EnvelopeError::Decode(error.to_string()))?;
     let stream = StreamId::parse(&envelope.stream).ok_or_else(|| EnvelopeError::Stream(envelope.stream.clone()))?;
-    let event = berth_core::events::upcast(envelope.schema_version, envelope.event).map_err(|error| EnvelopeError::Schema(error.to_string()))?;
+    let event =
+        berth_core::events::upcast(envelope.schema_version, envelope.event).map_err(|error| EnvelopeError::Schema(error.to_string()))?;
     Ok(RecordedEvent {
         position: Position(envelope.position),
         stream,

@@ -155,7 +155,6 @@ impl RocksLog {
             let _ = writer.join();
         }
     }
-
 }
 
 impl Drop for RocksLog {
@@ -417,10 +416,11 @@ impl EventLog for RocksLog {
         for item in db.iterator_cf(&cf_events, IteratorMode::From(&start, Direction::Forward)) {
             let (key, value) = item.map_err(storage)?;
             let expected_position = after.0 + 1 + events.len() as u64;
-            let position = u64::from_be_bytes(key.as_ref().try_into().map_err(|_| ReadError::Corrupt {
-                position: expected_position,
-                reason: "event key is not 8 bytes".into(),
-            })?);
+            let position = u64::from_be_bytes(
+                key.as_ref()
+                    .try_into()
+                    .map_err(|_| ReadError::Corrupt { position: expected_position, reason: "event key is not 8 bytes".into() })?,
+            );
             if position != expected_position {
                 return Err(ReadError::Corrupt { position: expected_position, reason: format!("event missing (next key is {position})") });
             }
@@ -449,10 +449,12 @@ impl EventLog for RocksLog {
             if key.len() != prefix_length + 8 || key[..prefix_length] != start[..prefix_length] || events.len() >= count_max {
                 break;
             }
-            let position = u64::from_be_bytes(value.as_ref().try_into().map_err(|_| ReadError::Corrupt {
-                position: 0,
-                reason: format!("stream index entry of {text} is not 8 bytes"),
-            })?);
+            let position = u64::from_be_bytes(
+                value
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| ReadError::Corrupt { position: 0, reason: format!("stream index entry of {text} is not 8 bytes") })?,
+            );
             if position > self.shared.head.load(Ordering::Acquire) {
                 break;
             }

@@ -3,7 +3,7 @@
 //! `berth log verify` beside a live server.
 
 use crate::envelope::decode_envelope;
-use crate::log::{db_options, OpenError, COLUMN_FAMILIES, CF_EVENTS};
+use crate::log::{db_options, OpenError, CF_EVENTS, COLUMN_FAMILIES};
 use crate::verify::{scan_events, VerifyFailure, VerifyReport};
 use berth_core::{Position, ReadError, RecordedEvent};
 use rocksdb::{Direction, IteratorMode, DB};
@@ -25,7 +25,8 @@ impl LogReader {
         let mut options = db_options();
         options.create_if_missing(false);
         options.set_max_open_files(-1);
-        let db = DB::open_cf_as_secondary(&options, path, secondary_dir.path(), COLUMN_FAMILIES).map_err(|error| fail(error.to_string()))?;
+        let db =
+            DB::open_cf_as_secondary(&options, path, secondary_dir.path(), COLUMN_FAMILIES).map_err(|error| fail(error.to_string()))?;
         Ok(LogReader { db, _secondary_dir: secondary_dir, path: path.to_path_buf() })
     }
 
@@ -94,7 +95,12 @@ impl berth_core::log::EventLog for LogReader {
         LogReader::read_all(self, after, count_max)
     }
 
-    fn read_stream(&self, stream: &berth_core::StreamId, after: berth_core::StreamVersion, count_max: usize) -> Result<Vec<RecordedEvent>, ReadError> {
+    fn read_stream(
+        &self,
+        stream: &berth_core::StreamId,
+        after: berth_core::StreamVersion,
+        count_max: usize,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
         let mut events = Vec::new();
         let mut position = Position(0);
         loop {
@@ -115,7 +121,10 @@ impl berth_core::log::EventLog for LogReader {
     }
 
     fn stream_version(&self, stream: &berth_core::StreamId) -> berth_core::StreamVersion {
-        self.read_stream(stream, berth_core::StreamVersion(0), usize::MAX).ok().and_then(|e| e.last().map(|e| e.version)).unwrap_or_default()
+        self.read_stream(stream, berth_core::StreamVersion(0), usize::MAX)
+            .ok()
+            .and_then(|e| e.last().map(|e| e.version))
+            .unwrap_or_default()
     }
 
     fn on_commit(&self, _listener: berth_core::log::CommitListener) {}

@@ -56,11 +56,12 @@ pub(crate) fn scan_events(db: &DB, check_indexes: bool) -> Result<Scan, VerifyFa
     }
     if check_indexes {
         for (stream, version) in &stream_heads {
-            let stored = db
-                .get_cf(&cf_heads, stream.to_string().as_bytes())
-                .map_err(|error| VerifyFailure::Storage(error.to_string()))?;
+            let stored = db.get_cf(&cf_heads, stream.to_string().as_bytes()).map_err(|error| VerifyFailure::Storage(error.to_string()))?;
             if stored.as_deref() != Some(&version.to_be_bytes()[..]) {
-                return Err(VerifyFailure::Corrupt { position: head, reason: format!("the stored head of {stream} is not version {version}") });
+                return Err(VerifyFailure::Corrupt {
+                    position: head,
+                    reason: format!("the stored head of {stream} is not version {version}"),
+                });
             }
         }
     }

@@ -43,9 +43,8 @@ fn appends_get_positions_and_versions_and_read_back() {
     let log = RocksLog::open(dir.path()).unwrap();
     let first = log.append(request(None, vec![(volume("a"), ExpectedVersion::NoStream, vec![created("a")])])).unwrap();
     assert_eq!((first.first_position, first.last_position), (Position(1), Position(1)));
-    let second = log
-        .append(request(None, vec![(volume("a"), ExpectedVersion::Exact(StreamVersion(1)), vec![DomainEvent::VolumeRemoved])]))
-        .unwrap();
+    let second =
+        log.append(request(None, vec![(volume("a"), ExpectedVersion::Exact(StreamVersion(1)), vec![DomainEvent::VolumeRemoved])])).unwrap();
     assert_eq!(second.stream_versions, vec![(volume("a"), StreamVersion(2))]);
     let all = log.read_all(Position(0), 100).unwrap();
     assert_eq!(all.len(), 2);
@@ -67,20 +66,28 @@ fn expected_versions_are_enforced_and_refusals_write_nothing() {
     }
     let error = log.append(request(None, vec![(volume("new"), ExpectedVersion::StreamExists, vec![created("x")])])).unwrap_err();
     assert!(matches!(error, AppendError::WrongExpectedVersion { actual: 0, .. }));
-    let error = log.append(request(None, vec![(StreamId::new(StreamKind::Vch, ""), ExpectedVersion::Any, vec![created("x")])])).unwrap_err();
+    let error =
+        log.append(request(None, vec![(StreamId::new(StreamKind::Vch, ""), ExpectedVersion::Any, vec![created("x")])])).unwrap_err();
     assert!(matches!(error, AppendError::InvalidStream(_)));
-    let huge = DomainEvent::VolumeCreated { name: "x".repeat(2 * 1024 * 1024), driver: "local".into(), labels: BTreeMap::new(), created_ms: 0 };
+    let huge =
+        DomainEvent::VolumeCreated { name: "x".repeat(2 * 1024 * 1024), driver: "local".into(), labels: BTreeMap::new(), created_ms: 0 };
     let error = log.append(request(None, vec![(volume("big"), ExpectedVersion::Any, vec![huge])])).unwrap_err();
     assert!(matches!(error, AppendError::EventTooLarge { .. }));
     let error = log
-        .append(request(None, vec![(volume("d"), ExpectedVersion::Any, vec![created("d")]), (volume("d"), ExpectedVersion::Any, vec![created("d")])]))
+        .append(request(
+            None,
+            vec![(volume("d"), ExpectedVersion::Any, vec![created("d")]), (volume("d"), ExpectedVersion::Any, vec![created("d")])],
+        ))
         .unwrap_err();
     assert!(matches!(error, AppendError::DuplicateStream(_)));
     // A multi-stream append with one bad expectation writes none of its streams.
     let error = log
         .append(request(
             None,
-            vec![(volume("fresh"), ExpectedVersion::NoStream, vec![created("fresh")]), (volume("a"), ExpectedVersion::NoStream, vec![created("a")])],
+            vec![
+                (volume("fresh"), ExpectedVersion::NoStream, vec![created("fresh")]),
+                (volume("a"), ExpectedVersion::NoStream, vec![created("a")]),
+            ],
         ))
         .unwrap_err();
     assert!(matches!(error, AppendError::WrongExpectedVersion { .. }));
@@ -95,7 +102,10 @@ fn multi_stream_appends_are_atomic_and_contiguous() {
     let outcome = log
         .append(request(
             None,
-            vec![(volume("a"), ExpectedVersion::NoStream, vec![created("a"), DomainEvent::VolumeRemoved]), (volume("b"), ExpectedVersion::NoStream, vec![created("b")])],
+            vec![
+                (volume("a"), ExpectedVersion::NoStream, vec![created("a"), DomainEvent::VolumeRemoved]),
+                (volume("b"), ExpectedVersion::NoStream, vec![created("b")]),
+            ],
         ))
         .unwrap();
     assert_eq!((outcome.first_position, outcome.last_position), (Position(1), Position(3)));

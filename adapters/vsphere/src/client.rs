@@ -5,10 +5,7 @@ use std::collections::BTreeMap;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::inventory::{
-    ComputeResource, Datacenter, Datastore, Inventory, ManagedObjectRef, ObjectContent, PowerState,
-    VirtualMachine,
-};
+use crate::inventory::{ComputeResource, Datacenter, Datastore, Inventory, ManagedObjectRef, ObjectContent, PowerState, VirtualMachine};
 use crate::soap::{SoapError, SoapTransport};
 use crate::thumbprint::{Thumbprint, ThumbprintError};
 use crate::xml::{escape, XmlElement};
@@ -25,19 +22,10 @@ pub enum VimError {
     Thumbprint(#[from] ThumbprintError),
     #[error("{endpoint} is unreachable: {reason}")]
     Unreachable { endpoint: String, reason: String },
-    #[error(
-        "{endpoint} presented a certificate with thumbprint {actual}, not the expected {expected}"
-    )]
-    ThumbprintMismatch {
-        endpoint: String,
-        expected: Thumbprint,
-        actual: Thumbprint,
-    },
+    #[error("{endpoint} presented a certificate with thumbprint {actual}, not the expected {expected}")]
+    ThumbprintMismatch { endpoint: String, expected: Thumbprint, actual: Thumbprint },
     #[error("{endpoint} presented an untrusted certificate (thumbprint {actual}); pass --thumbprint {actual} if you trust it")]
-    UntrustedCertificate {
-        endpoint: String,
-        actual: Thumbprint,
-    },
+    UntrustedCertificate { endpoint: String, actual: Thumbprint },
     #[error("login as {user:?} failed: wrong user name or password")]
     InvalidLogin { user: String },
     #[error("not found: {message}")]
@@ -47,16 +35,9 @@ pub enum VimError {
     #[error("vSphere fault {fault_type}: {message}")]
     Fault { fault_type: String, message: String },
     #[error("task {task} failed with {fault_type}: {message}")]
-    TaskFailed {
-        task: ManagedObjectRef,
-        fault_type: String,
-        message: String,
-    },
+    TaskFailed { task: ManagedObjectRef, fault_type: String, message: String },
     #[error("task {task} did not finish within {waited:?}")]
-    TaskTimedOut {
-        task: ManagedObjectRef,
-        waited: Duration,
-    },
+    TaskTimedOut { task: ManagedObjectRef, waited: Duration },
     #[error("unexpected reply from vSphere: {0}")]
     UnexpectedReply(String),
 }
@@ -65,22 +46,11 @@ impl VimError {
     /// Maps a fault by its vSphere type, as raised by a method or a task.
     fn from_fault(fault_type: &str, message: String, task: Option<&ManagedObjectRef>) -> VimError {
         match fault_type {
-            "ManagedObjectNotFound" | "NotFound" | "InvalidDatastorePath" | "FileNotFound" => {
-                VimError::NotFound { message }
-            }
-            "DuplicateName" | "AlreadyExists" | "FileAlreadyExists" => {
-                VimError::DuplicateName { message }
-            }
+            "ManagedObjectNotFound" | "NotFound" | "InvalidDatastorePath" | "FileNotFound" => VimError::NotFound { message },
+            "DuplicateName" | "AlreadyExists" | "FileAlreadyExists" => VimError::DuplicateName { message },
             _ => match task {
-                Some(task) => VimError::TaskFailed {
-                    task: task.clone(),
-                    fault_type: fault_type.to_string(),
-                    message,
-                },
-                None => VimError::Fault {
-                    fault_type: fault_type.to_string(),
-                    message,
-                },
+                Some(task) => VimError::TaskFailed { task: task.clone(), fault_type: fault_type.to_string(), message },
+                None => VimError::Fault { fault_type: fault_type.to_string(), message },
             },
         }
     }
@@ -89,39 +59,17 @@ impl VimError {
 impl From<SoapError> for VimError {
     fn from(error: SoapError) -> VimError {
         match error {
-            SoapError::Unreachable { endpoint, reason } => {
-                VimError::Unreachable { endpoint, reason }
+            SoapError::Unreachable { endpoint, reason } => VimError::Unreachable { endpoint, reason },
+            SoapError::ThumbprintMismatch { endpoint, expected, actual } => VimError::ThumbprintMismatch { endpoint, expected, actual },
+            SoapError::UntrustedCertificate { endpoint, actual } => VimError::UntrustedCertificate { endpoint, actual },
+            SoapError::HttpStatus { endpoint, status, body_start } => {
+                VimError::UnexpectedReply(format!("{endpoint} answered HTTP {status}: {body_start}"))
             }
-            SoapError::ThumbprintMismatch {
-                endpoint,
-                expected,
-                actual,
-            } => VimError::ThumbprintMismatch {
-                endpoint,
-                expected,
-                actual,
-            },
-            SoapError::UntrustedCertificate { endpoint, actual } => {
-                VimError::UntrustedCertificate { endpoint, actual }
-            }
-            SoapError::HttpStatus {
-                endpoint,
-                status,
-                body_start,
-            } => VimError::UnexpectedReply(format!(
-                "{endpoint} answered HTTP {status}: {body_start}"
-            )),
-            SoapError::Fault {
-                fault_type,
-                message,
-                detail,
-            } => {
+            SoapError::Fault { fault_type, message, detail } => {
                 let message = match detail.as_ref().and_then(|detail| detail.child("obj")) {
-                    Some(object) if message.is_empty() => format!(
-                        "{} {}",
-                        object.reference_type.as_deref().unwrap_or("object"),
-                        object.text
-                    ),
+                    Some(object) if message.is_empty() => {
+                        format!("{} {}", object.reference_type.as_deref().unwrap_or("object"), object.text)
+                    }
                     _ => message,
                 };
                 VimError::from_fault(&fault_type, message, None)
@@ -202,39 +150,24 @@ pub struct VimClient {
 
 /// Normalises a target into the `/sdk` endpoint URL.
 fn sdk_endpoint(target_url: &str) -> Result<String, VimError> {
-    let invalid = |reason: &str| VimError::InvalidUrl {
-        url: target_url.to_string(),
-        reason: reason.to_string(),
-    };
+    let invalid = |reason: &str| VimError::InvalidUrl { url: target_url.to_string(), reason: reason.to_string() };
     let trimmed = target_url.trim();
     if trimmed.is_empty() {
         return Err(invalid("it is empty"));
     }
-    let with_scheme = if trimmed.contains("://") {
-        trimmed.to_string()
-    } else {
-        format!("https://{trimmed}")
-    };
-    let (scheme, rest) = with_scheme
-        .split_once("://")
-        .ok_or_else(|| invalid("no scheme"))?;
+    let with_scheme = if trimmed.contains("://") { trimmed.to_string() } else { format!("https://{trimmed}") };
+    let (scheme, rest) = with_scheme.split_once("://").ok_or_else(|| invalid("no scheme"))?;
     if scheme != "http" && scheme != "https" {
         return Err(invalid("the scheme must be http or https"));
     }
     if rest.contains('@') {
-        return Err(invalid(
-            "pass the user and password separately, not in the URL",
-        ));
+        return Err(invalid("pass the user and password separately, not in the URL"));
     }
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
     if host.is_empty() {
         return Err(invalid("no host"));
     }
-    let path = if path.trim_matches('/').is_empty() {
-        "sdk"
-    } else {
-        path.trim_matches('/')
-    };
+    let path = if path.trim_matches('/').is_empty() { "sdk" } else { path.trim_matches('/') };
     Ok(format!("{scheme}://{host}/{path}"))
 }
 
@@ -242,32 +175,22 @@ fn required_reference(element: &XmlElement, name: &str) -> Result<ManagedObjectR
     element
         .child(name)
         .and_then(ManagedObjectRef::from_element)
-        .ok_or_else(|| {
-            VimError::UnexpectedReply(format!("no {name} reference in {}", element.name))
-        })
+        .ok_or_else(|| VimError::UnexpectedReply(format!("no {name} reference in {}", element.name)))
 }
 
 impl VimClient {
     /// Reads the service content and logs in; nothing is created.
     pub fn connect(options: &ConnectOptions) -> Result<VimClient, VimError> {
         let endpoint = sdk_endpoint(&options.target_url)?;
-        let pinned = options
-            .thumbprint
-            .as_deref()
-            .map(Thumbprint::parse)
-            .transpose()?;
+        let pinned = options.thumbprint.as_deref().map(Thumbprint::parse).transpose()?;
         let transport = SoapTransport::new(&endpoint, pinned, options.request_timeout)?;
-        let reply = transport.call(r#"<RetrieveServiceContent xmlns="urn:vim25"><_this type="ServiceInstance">ServiceInstance</_this></RetrieveServiceContent>"#)?;
-        let returned = reply.child("returnval").ok_or_else(|| {
-            VimError::UnexpectedReply("RetrieveServiceContent returned nothing".to_string())
-        })?;
+        let reply = transport.call(
+            r#"<RetrieveServiceContent xmlns="urn:vim25"><_this type="ServiceInstance">ServiceInstance</_this></RetrieveServiceContent>"#,
+        )?;
+        let returned =
+            reply.child("returnval").ok_or_else(|| VimError::UnexpectedReply("RetrieveServiceContent returned nothing".to_string()))?;
         let about = returned.child("about");
-        let about_text = |name: &str| {
-            about
-                .and_then(|about| about.child_text(name))
-                .unwrap_or_default()
-                .to_string()
-        };
+        let about_text = |name: &str| about.and_then(|about| about.child_text(name)).unwrap_or_default().to_string();
         let content = ServiceContent {
             root_folder: required_reference(returned, "rootFolder")?,
             property_collector: required_reference(returned, "propertyCollector")?,
@@ -286,17 +209,11 @@ impl VimClient {
         match transport.call(&login) {
             Ok(_) => {}
             Err(SoapError::Fault { fault_type, .. }) if fault_type == "InvalidLogin" => {
-                return Err(VimError::InvalidLogin {
-                    user: options.username.clone(),
-                })
+                return Err(VimError::InvalidLogin { user: options.username.clone() })
             }
             Err(error) => return Err(error.into()),
         }
-        Ok(VimClient {
-            transport,
-            content,
-            task_timeout: options.task_timeout,
-        })
+        Ok(VimClient { transport, content, task_timeout: options.task_timeout })
     }
 
     pub fn service_content(&self) -> &ServiceContent {
@@ -305,20 +222,14 @@ impl VimClient {
 
     /// Ends the session; the client cannot be used afterwards.
     pub fn logout(self) -> Result<(), VimError> {
-        let body = format!(
-            r#"<Logout xmlns="urn:vim25">{}</Logout>"#,
-            self.content.session_manager.to_xml("_this")
-        );
+        let body = format!(r#"<Logout xmlns="urn:vim25">{}</Logout>"#, self.content.session_manager.to_xml("_this"));
         self.transport.call(&body)?;
         Ok(())
     }
 
     /// The properties `paths` of every object of `kinds` (with their subtypes) under the root folder.
     pub fn retrieve_all(&self, kinds: &[(&str, &[&str])]) -> Result<Vec<ObjectContent>, VimError> {
-        let type_list: String = kinds
-            .iter()
-            .map(|(kind, _)| format!("<type>{}</type>", escape(kind)))
-            .collect();
+        let type_list: String = kinds.iter().map(|(kind, _)| format!("<type>{}</type>", escape(kind))).collect();
         let view_reply = self.transport.call(&format!(
             r#"<CreateContainerView xmlns="urn:vim25">{}{}{}<recursive>true</recursive></CreateContainerView>"#,
             self.content.view_manager.to_xml("_this"),
@@ -329,10 +240,7 @@ impl VimClient {
         let prop_sets: String = kinds
             .iter()
             .map(|(kind, paths)| {
-                let path_set: String = paths
-                    .iter()
-                    .map(|path| format!("<pathSet>{}</pathSet>", escape(path)))
-                    .collect();
+                let path_set: String = paths.iter().map(|path| format!("<pathSet>{}</pathSet>", escape(path))).collect();
                 format!("<propSet><type>{}</type>{path_set}</propSet>", escape(kind))
             })
             .collect();
@@ -340,27 +248,16 @@ impl VimClient {
             r#"<objectSet>{}<skip>true</skip><selectSet xsi:type="TraversalSpec"><name>view</name><type>ContainerView</type><path>view</path><skip>false</skip></selectSet></objectSet>"#,
             view.to_xml("obj")
         );
-        let retrieved =
-            self.retrieve_properties(&format!("<specSet>{prop_sets}{object_set}</specSet>"));
-        let destroyed = self.transport.call(&format!(
-            r#"<DestroyView xmlns="urn:vim25">{}</DestroyView>"#,
-            view.to_xml("_this")
-        ));
+        let retrieved = self.retrieve_properties(&format!("<specSet>{prop_sets}{object_set}</specSet>"));
+        let destroyed = self.transport.call(&format!(r#"<DestroyView xmlns="urn:vim25">{}</DestroyView>"#, view.to_xml("_this")));
         let objects = retrieved?;
         destroyed?;
         Ok(objects)
     }
 
     /// The properties `paths` of one object.
-    pub fn retrieve_one(
-        &self,
-        object: &ManagedObjectRef,
-        paths: &[&str],
-    ) -> Result<ObjectContent, VimError> {
-        let path_set: String = paths
-            .iter()
-            .map(|path| format!("<pathSet>{}</pathSet>", escape(path)))
-            .collect();
+    pub fn retrieve_one(&self, object: &ManagedObjectRef, paths: &[&str]) -> Result<ObjectContent, VimError> {
+        let path_set: String = paths.iter().map(|path| format!("<pathSet>{}</pathSet>", escape(path))).collect();
         let spec = format!(
             "<specSet><propSet><type>{}</type>{path_set}</propSet><objectSet>{}</objectSet></specSet>",
             escape(&object.kind),
@@ -369,24 +266,18 @@ impl VimClient {
         self.retrieve_properties(&spec)?
             .into_iter()
             .find(|content| &content.reference == object)
-            .ok_or_else(|| VimError::NotFound {
-                message: format!("{object} has no such properties or does not exist"),
-            })
+            .ok_or_else(|| VimError::NotFound { message: format!("{object} has no such properties or does not exist") })
     }
 
     /// RetrievePropertiesEx with `spec_set`, following continuation tokens.
     fn retrieve_properties(&self, spec_set: &str) -> Result<Vec<ObjectContent>, VimError> {
         let collector = self.content.property_collector.to_xml("_this");
-        let mut reply = self.transport.call(&format!(
-            r#"<RetrievePropertiesEx xmlns="urn:vim25">{collector}{spec_set}<options></options></RetrievePropertiesEx>"#
-        ))?;
+        let mut reply = self
+            .transport
+            .call(&format!(r#"<RetrievePropertiesEx xmlns="urn:vim25">{collector}{spec_set}<options></options></RetrievePropertiesEx>"#))?;
         let mut objects = Vec::new();
         while let Some(result) = reply.child("returnval") {
-            objects.extend(
-                result
-                    .children_named("objects")
-                    .filter_map(ObjectContent::from_element),
-            );
+            objects.extend(result.children_named("objects").filter_map(ObjectContent::from_element));
             let Some(token) = result.child_text("token") else {
                 break;
             };
@@ -406,57 +297,31 @@ impl VimClient {
             ("ComputeResource", &["name", "parent", "resourcePool"]),
             ("ResourcePool", &["name", "parent"]),
             ("Folder", &["name", "parent"]),
-            (
-                "Datastore",
-                &["name", "parent", "summary.capacity", "summary.freeSpace"],
-            ),
+            ("Datastore", &["name", "parent", "summary.capacity", "summary.freeSpace"]),
             ("Network", &["name", "parent"]),
-            (
-                "VirtualMachine",
-                &[
-                    "name",
-                    "parent",
-                    "runtime.powerState",
-                    "resourcePool",
-                    "config.extraConfig",
-                ],
-            ),
+            ("VirtualMachine", &["name", "parent", "runtime.powerState", "resourcePool", "config.extraConfig"]),
         ])?;
         let mut inventory = Inventory::default();
         for object in objects {
             match object.reference.kind.as_str() {
-                "Datacenter" => inventory.datacenters.push(Datacenter {
-                    object: object.named_object(),
-                    vm_folder: object.reference_property("vmFolder"),
-                }),
+                "Datacenter" => inventory
+                    .datacenters
+                    .push(Datacenter { object: object.named_object(), vm_folder: object.reference_property("vmFolder") }),
                 "HostSystem" => inventory.hosts.push(object.named_object()),
-                "ComputeResource" | "ClusterComputeResource" => {
-                    inventory.compute_resources.push(ComputeResource {
-                        object: object.named_object(),
-                        resource_pool: object.reference_property("resourcePool"),
-                    })
-                }
-                "ResourcePool" | "VirtualApp" => {
-                    inventory.resource_pools.push(object.named_object())
-                }
+                "ComputeResource" | "ClusterComputeResource" => inventory
+                    .compute_resources
+                    .push(ComputeResource { object: object.named_object(), resource_pool: object.reference_property("resourcePool") }),
+                "ResourcePool" | "VirtualApp" => inventory.resource_pools.push(object.named_object()),
                 "Folder" => inventory.folders.push(object.named_object()),
                 "Datastore" => inventory.datastores.push(Datastore {
                     object: object.named_object(),
-                    capacity_bytes: object
-                        .text("summary.capacity")
-                        .and_then(|text| text.parse().ok()),
-                    free_space_bytes: object
-                        .text("summary.freeSpace")
-                        .and_then(|text| text.parse().ok()),
+                    capacity_bytes: object.text("summary.capacity").and_then(|text| text.parse().ok()),
+                    free_space_bytes: object.text("summary.freeSpace").and_then(|text| text.parse().ok()),
                 }),
-                "Network" | "DistributedVirtualPortgroup" | "OpaqueNetwork" => {
-                    inventory.networks.push(object.named_object())
-                }
+                "Network" | "DistributedVirtualPortgroup" | "OpaqueNetwork" => inventory.networks.push(object.named_object()),
                 "VirtualMachine" => inventory.virtual_machines.push(VirtualMachine {
                     object: object.named_object(),
-                    power_state: object
-                        .text("runtime.powerState")
-                        .and_then(PowerState::parse),
+                    power_state: object.text("runtime.powerState").and_then(PowerState::parse),
                     resource_pool: object.reference_property("resourcePool"),
                     extra_config: object.extra_config(),
                 }),
@@ -467,11 +332,7 @@ impl VimClient {
     }
 
     /// Creates a folder named `name` in `parent`.
-    pub fn create_folder(
-        &self,
-        parent: &ManagedObjectRef,
-        name: &str,
-    ) -> Result<ManagedObjectRef, VimError> {
+    pub fn create_folder(&self, parent: &ManagedObjectRef, name: &str) -> Result<ManagedObjectRef, VimError> {
         let reply = self.transport.call(&format!(
             r#"<CreateFolder xmlns="urn:vim25">{}<name>{}</name></CreateFolder>"#,
             parent.to_xml("_this"),
@@ -504,16 +365,13 @@ impl VimClient {
     }
 
     /// Creates a VM in `folder` and `pool` and waits for the task; returns the VM.
-    pub fn create_vm(
-        &self,
-        folder: &ManagedObjectRef,
-        pool: &ManagedObjectRef,
-        spec: &VmSpec,
-    ) -> Result<ManagedObjectRef, VimError> {
+    pub fn create_vm(&self, folder: &ManagedObjectRef, pool: &ManagedObjectRef, spec: &VmSpec) -> Result<ManagedObjectRef, VimError> {
         let extra_config: String = spec
             .extra_config
             .iter()
-            .map(|(key, value)| format!(r#"<extraConfig><key>{}</key><value xsi:type="xsd:string">{}</value></extraConfig>"#, escape(key), escape(value)))
+            .map(|(key, value)| {
+                format!(r#"<extraConfig><key>{}</key><value xsi:type="xsd:string">{}</value></extraConfig>"#, escape(key), escape(value))
+            })
             .collect();
         let config = format!(
             "<config><name>{}</name><guestId>{}</guestId><files><vmPathName>[{}]</vmPathName></files><numCPUs>{}</numCPUs><memoryMB>{}</memoryMB>{extra_config}</config>",
@@ -533,9 +391,7 @@ impl VimClient {
         result
             .as_ref()
             .and_then(ManagedObjectRef::from_element)
-            .ok_or_else(|| {
-                VimError::UnexpectedReply(format!("task {task} created no VM reference"))
-            })
+            .ok_or_else(|| VimError::UnexpectedReply(format!("task {task} created no VM reference")))
     }
 
     pub fn power_on_vm(&self, vm: &ManagedObjectRef) -> Result<(), VimError> {
@@ -552,15 +408,8 @@ impl VimClient {
     }
 
     /// Calls a task method that takes only `_this`, and waits for its result.
-    fn run_task(
-        &self,
-        method: &str,
-        this: &ManagedObjectRef,
-    ) -> Result<Option<XmlElement>, VimError> {
-        let reply = self.transport.call(&format!(
-            r#"<{method} xmlns="urn:vim25">{}</{method}>"#,
-            this.to_xml("_this")
-        ))?;
+    fn run_task(&self, method: &str, this: &ManagedObjectRef) -> Result<Option<XmlElement>, VimError> {
+        let reply = self.transport.call(&format!(r#"<{method} xmlns="urn:vim25">{}</{method}>"#, this.to_xml("_this")))?;
         let task = required_reference(&reply, "returnval")?;
         self.wait_for_task(&task)
     }
@@ -571,10 +420,7 @@ impl VimClient {
         let mut interval = TASK_POLL_FIRST_INTERVAL;
         loop {
             let content = self.retrieve_one(task, &["info"])?;
-            let info = content
-                .properties
-                .get("info")
-                .ok_or_else(|| VimError::UnexpectedReply(format!("task {task} has no info")))?;
+            let info = content.properties.get("info").ok_or_else(|| VimError::UnexpectedReply(format!("task {task} has no info")))?;
             match info.child_text("state") {
                 Some("success") => return Ok(info.child("result").cloned()),
                 Some("error") => {
@@ -583,20 +429,14 @@ impl VimClient {
                         .and_then(|error| error.child("fault"))
                         .and_then(|fault| fault.xsi_type.clone())
                         .unwrap_or_else(|| "UnknownFault".to_string());
-                    let message = error
-                        .and_then(|error| error.child_text("localizedMessage"))
-                        .unwrap_or_default()
-                        .to_string();
+                    let message = error.and_then(|error| error.child_text("localizedMessage")).unwrap_or_default().to_string();
                     return Err(VimError::from_fault(&fault_type, message, Some(task)));
                 }
                 _ => {}
             }
             let waited = started.elapsed();
             if waited >= self.task_timeout {
-                return Err(VimError::TaskTimedOut {
-                    task: task.clone(),
-                    waited,
-                });
+                return Err(VimError::TaskTimedOut { task: task.clone(), waited });
             }
             thread::sleep(interval.min(self.task_timeout.saturating_sub(waited)));
             interval = (interval * 2).min(TASK_POLL_MAX_INTERVAL);
@@ -610,39 +450,18 @@ mod tests {
 
     #[test]
     fn normalises_targets_to_the_sdk_endpoint() {
-        assert_eq!(
-            sdk_endpoint("vc.example").ok().as_deref(),
-            Some("https://vc.example/sdk")
-        );
-        assert_eq!(
-            sdk_endpoint("http://127.0.0.1:8989/sdk").ok().as_deref(),
-            Some("http://127.0.0.1:8989/sdk")
-        );
-        assert!(matches!(
-            sdk_endpoint("ftp://x"),
-            Err(VimError::InvalidUrl { .. })
-        ));
-        assert!(matches!(
-            sdk_endpoint("https://u:p@x/sdk"),
-            Err(VimError::InvalidUrl { .. })
-        ));
+        assert_eq!(sdk_endpoint("vc.example").ok().as_deref(), Some("https://vc.example/sdk"));
+        assert_eq!(sdk_endpoint("http://127.0.0.1:8989/sdk").ok().as_deref(), Some("http://127.0.0.1:8989/sdk"));
+        assert!(matches!(sdk_endpoint("ftp://x"), Err(VimError::InvalidUrl { .. })));
+        assert!(matches!(sdk_endpoint("https://u:p@x/sdk"), Err(VimError::InvalidUrl { .. })));
         assert!(matches!(sdk_endpoint(""), Err(VimError::InvalidUrl { .. })));
     }
 
     #[test]
     fn maps_fault_types_to_typed_errors() {
-        assert!(matches!(
-            VimError::from_fault("DuplicateName", String::new(), None),
-            VimError::DuplicateName { .. }
-        ));
-        assert!(matches!(
-            VimError::from_fault("ManagedObjectNotFound", String::new(), None),
-            VimError::NotFound { .. }
-        ));
+        assert!(matches!(VimError::from_fault("DuplicateName", String::new(), None), VimError::DuplicateName { .. }));
+        assert!(matches!(VimError::from_fault("ManagedObjectNotFound", String::new(), None), VimError::NotFound { .. }));
         let task = ManagedObjectRef::new("Task", "task-1");
-        assert!(matches!(
-            VimError::from_fault("InvalidState", String::new(), Some(&task)),
-            VimError::TaskFailed { .. }
-        ));
+        assert!(matches!(VimError::from_fault("InvalidState", String::new(), Some(&task)), VimError::TaskFailed { .. }));
     }
 }

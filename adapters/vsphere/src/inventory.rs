@@ -14,10 +14,7 @@ pub struct ManagedObjectRef {
 
 impl ManagedObjectRef {
     pub fn new(kind: &str, value: &str) -> ManagedObjectRef {
-        ManagedObjectRef {
-            kind: kind.to_string(),
-            value: value.to_string(),
-        }
+        ManagedObjectRef { kind: kind.to_string(), value: value.to_string() }
     }
 
     /// Reads a reference from an element carrying a `type` attribute.
@@ -28,11 +25,7 @@ impl ManagedObjectRef {
 
     /// The reference as an element named `element_name`.
     pub fn to_xml(&self, element_name: &str) -> String {
-        format!(
-            r#"<{element_name} type="{}">{}</{element_name}>"#,
-            escape(&self.kind),
-            escape(&self.value)
-        )
+        format!(r#"<{element_name} type="{}">{}</{element_name}>"#, escape(&self.kind), escape(&self.value))
     }
 }
 
@@ -114,14 +107,10 @@ pub struct Inventory {
 
 impl Inventory {
     pub fn datacenter_named(&self, name: &str) -> Option<&Datacenter> {
-        self.datacenters
-            .iter()
-            .find(|datacenter| datacenter.object.name == name)
+        self.datacenters.iter().find(|datacenter| datacenter.object.name == name)
     }
     pub fn compute_resource_named(&self, name: &str) -> Option<&ComputeResource> {
-        self.compute_resources
-            .iter()
-            .find(|compute| compute.object.name == name)
+        self.compute_resources.iter().find(|compute| compute.object.name == name)
     }
     pub fn resource_pool_named(&self, name: &str) -> Option<&NamedObject> {
         self.resource_pools.iter().find(|pool| pool.name == name)
@@ -130,17 +119,13 @@ impl Inventory {
         self.folders.iter().find(|folder| folder.name == name)
     }
     pub fn datastore_named(&self, name: &str) -> Option<&Datastore> {
-        self.datastores
-            .iter()
-            .find(|datastore| datastore.object.name == name)
+        self.datastores.iter().find(|datastore| datastore.object.name == name)
     }
     pub fn network_named(&self, name: &str) -> Option<&NamedObject> {
         self.networks.iter().find(|network| network.name == name)
     }
     pub fn virtual_machine_named(&self, name: &str) -> Option<&VirtualMachine> {
-        self.virtual_machines
-            .iter()
-            .find(|vm| vm.object.name == name)
+        self.virtual_machines.iter().find(|vm| vm.object.name == name)
     }
 }
 
@@ -157,17 +142,9 @@ impl ObjectContent {
         let reference = ManagedObjectRef::from_element(element.child("obj")?)?;
         let properties = element
             .children_named("propSet")
-            .filter_map(|property| {
-                Some((
-                    property.child_text("name")?.to_string(),
-                    property.child("val")?.clone(),
-                ))
-            })
+            .filter_map(|property| Some((property.child_text("name")?.to_string(), property.child("val")?.clone())))
             .collect();
-        Some(ObjectContent {
-            reference,
-            properties,
-        })
+        Some(ObjectContent { reference, properties })
     }
 
     pub fn text(&self, path: &str) -> Option<&str> {
@@ -175,9 +152,7 @@ impl ObjectContent {
     }
 
     pub fn reference_property(&self, path: &str) -> Option<ManagedObjectRef> {
-        self.properties
-            .get(path)
-            .and_then(ManagedObjectRef::from_element)
+        self.properties.get(path).and_then(ManagedObjectRef::from_element)
     }
 
     pub fn named_object(&self) -> NamedObject {
@@ -197,10 +172,7 @@ impl ObjectContent {
                     .children
                     .iter()
                     .filter_map(|option| {
-                        Some((
-                            option.child_text("key")?.to_string(),
-                            option.child_text("value").unwrap_or_default().to_string(),
-                        ))
+                        Some((option.child_text("key")?.to_string(), option.child_text("value").unwrap_or_default().to_string()))
                     })
                     .collect()
             })

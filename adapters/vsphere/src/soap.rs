@@ -16,31 +16,14 @@ const SESSION_COOKIE_NAME: &str = "vmware_soap_session";
 pub enum SoapError {
     #[error("{endpoint} is unreachable: {reason}")]
     Unreachable { endpoint: String, reason: String },
-    #[error(
-        "{endpoint} presented a certificate with thumbprint {actual}, not the expected {expected}"
-    )]
-    ThumbprintMismatch {
-        endpoint: String,
-        expected: Thumbprint,
-        actual: Thumbprint,
-    },
+    #[error("{endpoint} presented a certificate with thumbprint {actual}, not the expected {expected}")]
+    ThumbprintMismatch { endpoint: String, expected: Thumbprint, actual: Thumbprint },
     #[error("{endpoint} presented an untrusted certificate (thumbprint {actual}); pass that thumbprint if you trust it")]
-    UntrustedCertificate {
-        endpoint: String,
-        actual: Thumbprint,
-    },
+    UntrustedCertificate { endpoint: String, actual: Thumbprint },
     #[error("{endpoint} answered HTTP {status} without a SOAP reply: {body_start}")]
-    HttpStatus {
-        endpoint: String,
-        status: u16,
-        body_start: String,
-    },
+    HttpStatus { endpoint: String, status: u16, body_start: String },
     #[error("vSphere fault {fault_type}: {message}")]
-    Fault {
-        fault_type: String,
-        message: String,
-        detail: Option<Box<XmlElement>>,
-    },
+    Fault { fault_type: String, message: String, detail: Option<Box<XmlElement>> },
     #[error("malformed SOAP reply: {0}")]
     Malformed(String),
     #[error(transparent)]
@@ -60,25 +43,11 @@ pub struct SoapTransport {
 
 impl SoapTransport {
     /// A transport to `endpoint` (the full `/sdk` URL); https pins `pinned` when given.
-    pub fn new(
-        endpoint: &str,
-        pinned: Option<Thumbprint>,
-        request_timeout: Duration,
-    ) -> Result<SoapTransport, SoapError> {
+    pub fn new(endpoint: &str, pinned: Option<Thumbprint>, request_timeout: Duration) -> Result<SoapTransport, SoapError> {
         let observed: ObservedThumbprint = Arc::new(Mutex::new(None));
         let tls = thumbprint::tls_config(pinned.clone(), observed.clone())?;
-        let agent = ureq::AgentBuilder::new()
-            .tls_config(tls)
-            .timeout(request_timeout)
-            .redirects(0)
-            .build();
-        Ok(SoapTransport {
-            agent,
-            endpoint: endpoint.to_string(),
-            pinned,
-            observed,
-            session_cookie: Mutex::new(None),
-        })
+        let agent = ureq::AgentBuilder::new().tls_config(tls).timeout(request_timeout).redirects(0).build();
+        Ok(SoapTransport { agent, endpoint: endpoint.to_string(), pinned, observed, session_cookie: Mutex::new(None) })
     }
 
     pub fn endpoint(&self) -> &str {
@@ -102,12 +71,7 @@ impl SoapTransport {
             .post(&self.endpoint)
             .set("Content-Type", "text/xml; charset=utf-8")
             .set("SOAPAction", &format!("urn:vim25/{VIM_API_VERSION}"));
-        if let Some(cookie) = self
-            .session_cookie
-            .lock()
-            .ok()
-            .and_then(|cookie| cookie.clone())
-        {
+        if let Some(cookie) = self.session_cookie.lock().ok().and_then(|cookie| cookie.clone()) {
             request = request.set("Cookie", &cookie);
         }
         let (status, response) = match request.send_string(&envelope) {
@@ -126,94 +90,43 @@ impl SoapTransport {
         }
         let text = response
             .into_string()
-            .map_err(|error| SoapError::Unreachable {
-                endpoint: self.endpoint.clone(),
-                reason: format!("reading the reply: {error}"),
-            })?;
+            .map_err(|error| SoapError::Unreachable { endpoint: self.endpoint.clone(), reason: format!("reading the reply: {error}") })?;
         let is_xml = text.trim_start().starts_with('<');
         if !is_xml {
-            return Err(SoapError::HttpStatus {
-                endpoint: self.endpoint.clone(),
-                status,
-                body_start: text.chars().take(200).collect(),
-            });
+            return Err(SoapError::HttpStatus { endpoint: self.endpoint.clone(), status, body_start: text.chars().take(200).collect() });
         }
         let envelope = XmlElement::parse_document(&text)?;
-        let body = envelope
-            .child("Body")
-            .ok_or_else(|| SoapError::Malformed("the envelope has no Body".to_string()))?;
-        let first = body
-            .children
-            .first()
-            .ok_or_else(|| SoapError::Malformed("the Body is empty".to_string()))?;
+        let body = envelope.child("Body").ok_or_else(|| SoapError::Malformed("the envelope has no Body".to_string()))?;
+        let first = body.children.first().ok_or_else(|| SoapError::Malformed("the Body is empty".to_string()))?;
         if first.name == "Fault" {
             return Err(Self::fault(first));
         }
         if !(200..300).contains(&status) {
-            return Err(SoapError::HttpStatus {
-                endpoint: self.endpoint.clone(),
-                status,
-                body_start: text.chars().take(200).collect(),
-            });
+            return Err(SoapError::HttpStatus { endpoint: self.endpoint.clone(), status, body_start: text.chars().take(200).collect() });
         }
         Ok(first.clone())
     }
 
     fn fault(fault: &XmlElement) -> SoapError {
-        let message = fault
-            .child_text("faultstring")
-            .unwrap_or_default()
-            .to_string();
-        let detail = fault
-            .child("detail")
-            .and_then(|detail| detail.children.first())
-            .cloned()
-            .map(Box::new);
+        let message = fault.child_text("faultstring").unwrap_or_default().to_string();
+        let detail = fault.child("detail").and_then(|detail| detail.children.first()).cloned().map(Box::new);
         let fault_type = detail
             .as_ref()
-            .map(|detail| {
-                detail
-                    .xsi_type
-                    .clone()
-                    .unwrap_or_else(|| detail.name.trim_end_matches("Fault").to_string())
-            })
-            .unwrap_or_else(|| {
-                fault
-                    .child_text("faultcode")
-                    .unwrap_or("UnknownFault")
-                    .to_string()
-            });
-        SoapError::Fault {
-            fault_type,
-            message,
-            detail,
-        }
+            .map(|detail| detail.xsi_type.clone().unwrap_or_else(|| detail.name.trim_end_matches("Fault").to_string()))
+            .unwrap_or_else(|| fault.child_text("faultcode").unwrap_or("UnknownFault").to_string());
+        SoapError::Fault { fault_type, message, detail }
     }
 
     fn transport_error(&self, transport: &ureq::Transport) -> SoapError {
-        let observed = self
-            .observed
-            .lock()
-            .ok()
-            .and_then(|observed| observed.clone());
+        let observed = self.observed.lock().ok().and_then(|observed| observed.clone());
         let reason = transport.to_string();
         let is_certificate_error = reason.contains("certificate") || reason.contains("thumbprint");
         match (observed, &self.pinned) {
             (Some(actual), Some(expected)) if is_certificate_error && &actual != expected => {
-                SoapError::ThumbprintMismatch {
-                    endpoint: self.endpoint.clone(),
-                    expected: expected.clone(),
-                    actual,
-                }
+                SoapError::ThumbprintMismatch { endpoint: self.endpoint.clone(), expected: expected.clone(), actual }
             }
-            (Some(actual), None) if is_certificate_error => SoapError::UntrustedCertificate {
-                endpoint: self.endpoint.clone(),
-                actual,
-            },
-            _ => SoapError::Unreachable {
-                endpoint: self.endpoint.clone(),
-                reason,
-            },
+            (Some(actual), None) if is_certificate_error => SoapError::UntrustedCertificate { endpoint: self.endpoint.clone(), actual },
+            _ => SoapError::Unreachable { endpoint: self.endpoint.clone(), reason },
         }
     }
 }

@@ -31,13 +31,8 @@ pub struct Thumbprint {
 impl Thumbprint {
     /// Parses hexadecimal with or without `:` separators, in either case.
     pub fn parse(text: &str) -> Result<Thumbprint, ThumbprintError> {
-        let malformed = || ThumbprintError::Malformed {
-            given: text.to_string(),
-        };
-        let hex: String = text
-            .chars()
-            .filter(|c| *c != ':' && !c.is_whitespace())
-            .collect();
+        let malformed = || ThumbprintError::Malformed { given: text.to_string() };
+        let hex: String = text.chars().filter(|c| *c != ':' && !c.is_whitespace()).collect();
         if !hex.len().is_multiple_of(2) || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(malformed());
         }
@@ -54,29 +49,19 @@ impl Thumbprint {
     /// The SHA-1 thumbprint of a DER certificate, as vSphere shows it.
     pub fn sha1_of(certificate_der: &[u8]) -> Thumbprint {
         let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, certificate_der);
-        Thumbprint {
-            digest_bytes: digest.as_ref().to_vec(),
-        }
+        Thumbprint { digest_bytes: digest.as_ref().to_vec() }
     }
 
     /// Whether this thumbprint is the digest (of its own kind) of the certificate.
     pub fn matches(&self, certificate_der: &[u8]) -> bool {
-        let algorithm = if self.digest_bytes.len() == 20 {
-            &ring::digest::SHA1_FOR_LEGACY_USE_ONLY
-        } else {
-            &ring::digest::SHA256
-        };
+        let algorithm = if self.digest_bytes.len() == 20 { &ring::digest::SHA1_FOR_LEGACY_USE_ONLY } else { &ring::digest::SHA256 };
         ring::digest::digest(algorithm, certificate_der).as_ref() == self.digest_bytes.as_slice()
     }
 }
 
 impl fmt::Display for Thumbprint {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let hex: Vec<String> = self
-            .digest_bytes
-            .iter()
-            .map(|byte| format!("{byte:02X}"))
-            .collect();
+        let hex: Vec<String> = self.digest_bytes.iter().map(|byte| format!("{byte:02X}")).collect();
         formatter.write_str(&hex.join(":"))
     }
 }
@@ -112,19 +97,9 @@ impl ServerCertVerifier for PinningVerifier {
             *observed = Some(Thumbprint::sha1_of(end_entity.as_ref()));
         }
         match &self.pinned {
-            Some(pinned) if pinned.matches(end_entity.as_ref()) => {
-                Ok(ServerCertVerified::assertion())
-            }
-            Some(_) => Err(rustls::Error::General(
-                "certificate thumbprint mismatch".to_string(),
-            )),
-            None => self.web_pki.verify_server_cert(
-                end_entity,
-                intermediates,
-                server_name,
-                ocsp_response,
-                now,
-            ),
+            Some(pinned) if pinned.matches(end_entity.as_ref()) => Ok(ServerCertVerified::assertion()),
+            Some(_) => Err(rustls::Error::General("certificate thumbprint mismatch".to_string())),
+            None => self.web_pki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now),
         }
     }
 
@@ -134,12 +109,7 @@ impl ServerCertVerifier for PinningVerifier {
         certificate: &CertificateDer<'_>,
         signature: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            certificate,
-            signature,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, certificate, signature, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -148,38 +118,23 @@ impl ServerCertVerifier for PinningVerifier {
         certificate: &CertificateDer<'_>,
         signature: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            certificate,
-            signature,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, certificate, signature, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
 /// A TLS client configuration that pins `pinned` (or uses the web PKI), recording what it saw in `observed`.
-pub fn tls_config(
-    pinned: Option<Thumbprint>,
-    observed: ObservedThumbprint,
-) -> Result<Arc<rustls::ClientConfig>, ThumbprintError> {
+pub fn tls_config(pinned: Option<Thumbprint>, observed: ObservedThumbprint) -> Result<Arc<rustls::ClientConfig>, ThumbprintError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let web_pki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|error| ThumbprintError::TlsSetup(error.to_string()))?;
-    let verifier = PinningVerifier {
-        pinned,
-        web_pki,
-        provider: provider.clone(),
-        observed,
-    };
+    let verifier = PinningVerifier { pinned, web_pki, provider: provider.clone(), observed };
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|error| ThumbprintError::TlsSetup(error.to_string()))?

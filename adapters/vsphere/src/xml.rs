@@ -24,8 +24,7 @@ pub struct XmlElement {
 impl XmlElement {
     /// Parses a whole document and returns its root element.
     pub fn parse_document(document: &str) -> Result<XmlElement, XmlError> {
-        let parsed = roxmltree::Document::parse(document)
-            .map_err(|error| XmlError::NotWellFormed(error.to_string()))?;
+        let parsed = roxmltree::Document::parse(document).map_err(|error| XmlError::NotWellFormed(error.to_string()))?;
         Ok(Self::from_node(parsed.root_element()))
     }
 
@@ -39,9 +38,7 @@ impl XmlElement {
                 text.push_str(child.text().unwrap_or_default());
             }
         }
-        let xsi_type = node
-            .attribute((XSI_NAMESPACE, "type"))
-            .map(|value| value.rsplit(':').next().unwrap_or(value).to_string());
+        let xsi_type = node.attribute((XSI_NAMESPACE, "type")).map(|value| value.rsplit(':').next().unwrap_or(value).to_string());
         XmlElement {
             name: node.tag_name().name().to_string(),
             xsi_type,
@@ -57,10 +54,7 @@ impl XmlElement {
     }
 
     /// Every child with this local name.
-    pub fn children_named<'a>(
-        &'a self,
-        name: &'a str,
-    ) -> impl Iterator<Item = &'a XmlElement> + 'a {
+    pub fn children_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a XmlElement> + 'a {
         self.children.iter().filter(move |child| child.name == name)
     }
 
@@ -71,8 +65,7 @@ impl XmlElement {
 
     /// Follows a path of child names from this element.
     pub fn descend(&self, path: &[&str]) -> Option<&XmlElement> {
-        path.iter()
-            .try_fold(self, |element, name| element.child(name))
+        path.iter().try_fold(self, |element, name| element.child(name))
     }
 }
 
@@ -100,15 +93,9 @@ mod tests {
     fn reads_types_text_and_children() {
         let document = r#"<a xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><val xsi:type="xsd:string">x &amp; y</val><obj type="VirtualMachine">vm-1</obj></a>"#;
         let root = XmlElement::parse_document(document).expect("well-formed");
-        assert_eq!(
-            root.child("val").and_then(|v| v.xsi_type.as_deref()),
-            Some("string")
-        );
+        assert_eq!(root.child("val").and_then(|v| v.xsi_type.as_deref()), Some("string"));
         assert_eq!(root.child_text("val"), Some("x & y"));
-        assert_eq!(
-            root.child("obj").and_then(|o| o.reference_type.as_deref()),
-            Some("VirtualMachine")
-        );
+        assert_eq!(root.child("obj").and_then(|o| o.reference_type.as_deref()), Some("VirtualMachine"));
     }
 
     #[test]

@@ -28,11 +28,7 @@ impl Vcsim {
             return PathBuf::from(path);
         }
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/vcsim.sh");
-        let output = Command::new("bash")
-            .arg(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("runs scripts/vcsim.sh");
+        let output = Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().expect("runs scripts/vcsim.sh");
         assert!(output.status.success(), "scripts/vcsim.sh failed");
         PathBuf::from(String::from_utf8_lossy(&output.stdout).trim().to_string())
     }
@@ -60,10 +56,7 @@ impl Vcsim {
                 panic!("vcsim printed no URL within {VCSIM_START_TIMEOUT:?}");
             }
         };
-        let fields: BTreeMap<&str, &str> = line
-            .split_whitespace()
-            .filter_map(|field| field.split_once('='))
-            .collect();
+        let fields: BTreeMap<&str, &str> = line.split_whitespace().filter_map(|field| field.split_once('=')).collect();
         let field = |name: &str| fields.get(name).copied().unwrap_or_default().to_string();
         let vcsim = Vcsim {
             url: field("VCSIM_URL"),
@@ -97,22 +90,14 @@ fn logs_in_reads_the_inventory_and_logs_out() {
     assert_eq!(client.service_content().api_version, "6.5");
     assert_eq!(client.service_content().api_type, "VirtualCenter");
     let inventory = client.inventory().expect("inventory");
-    assert!(inventory
-        .datacenter_named("DC0")
-        .and_then(|dc| dc.vm_folder.clone())
-        .is_some());
-    assert!(inventory
-        .compute_resource_named("DC0_C0")
-        .and_then(|c| c.resource_pool.clone())
-        .is_some());
+    assert!(inventory.datacenter_named("DC0").and_then(|dc| dc.vm_folder.clone()).is_some());
+    assert!(inventory.compute_resource_named("DC0_C0").and_then(|c| c.resource_pool.clone()).is_some());
     assert!(inventory.hosts.iter().any(|host| host.name == "DC0_C0_H0"));
     let datastore = inventory.datastore_named("LocalDS_0").expect("LocalDS_0");
     assert!(datastore.capacity_bytes.unwrap_or(0) > 0);
     assert!(inventory.network_named("VM Network").is_some());
     assert!(inventory.network_named("DC0_DVPG0").is_some());
-    let vm = inventory
-        .virtual_machine_named("DC0_H0_VM0")
-        .expect("DC0_H0_VM0");
+    let vm = inventory.virtual_machine_named("DC0_H0_VM0").expect("DC0_H0_VM0");
     assert_eq!(vm.power_state, Some(PowerState::PoweredOn));
     client.logout().expect("logout");
 }
@@ -134,32 +119,13 @@ fn creates_powers_and_destroys_a_pool_a_folder_and_a_vm() {
     let vcsim = Vcsim::start(&[]);
     let client = VimClient::connect(&vcsim.options()).expect("login");
     let inventory = client.inventory().expect("inventory");
-    let vm_folder = inventory
-        .datacenter_named("DC0")
-        .and_then(|dc| dc.vm_folder.clone())
-        .expect("vm folder");
-    let root_pool = inventory
-        .compute_resource_named("DC0_C0")
-        .and_then(|c| c.resource_pool.clone())
-        .expect("root pool");
-    let limits = ResourcePoolLimits {
-        cpu_limit_mhz: Some(2000),
-        memory_limit_mib: Some(4096),
-    };
-    let pool = client
-        .create_resource_pool(&root_pool, "berth-vch1", limits)
-        .expect("pool");
-    let folder = client
-        .create_folder(&vm_folder, "berth-vch1")
-        .expect("folder");
-    assert!(matches!(
-        client.create_folder(&vm_folder, "berth-vch1"),
-        Err(VimError::DuplicateName { .. })
-    ));
-    assert!(matches!(
-        client.create_resource_pool(&root_pool, "berth-vch1", limits),
-        Err(VimError::DuplicateName { .. })
-    ));
+    let vm_folder = inventory.datacenter_named("DC0").and_then(|dc| dc.vm_folder.clone()).expect("vm folder");
+    let root_pool = inventory.compute_resource_named("DC0_C0").and_then(|c| c.resource_pool.clone()).expect("root pool");
+    let limits = ResourcePoolLimits { cpu_limit_mhz: Some(2000), memory_limit_mib: Some(4096) };
+    let pool = client.create_resource_pool(&root_pool, "berth-vch1", limits).expect("pool");
+    let folder = client.create_folder(&vm_folder, "berth-vch1").expect("folder");
+    assert!(matches!(client.create_folder(&vm_folder, "berth-vch1"), Err(VimError::DuplicateName { .. })));
+    assert!(matches!(client.create_resource_pool(&root_pool, "berth-vch1", limits), Err(VimError::DuplicateName { .. })));
 
     let spec = VmSpec {
         name: "berth-c1".to_string(),
@@ -171,30 +137,18 @@ fn creates_powers_and_destroys_a_pool_a_folder_and_a_vm() {
     };
     let vm = client.create_vm(&folder, &pool, &spec).expect("create vm");
     let inventory = client.inventory().expect("inventory");
-    let created = inventory
-        .virtual_machine_named("berth-c1")
-        .expect("the new VM is listed");
+    let created = inventory.virtual_machine_named("berth-c1").expect("the new VM is listed");
     assert_eq!(created.object.reference, vm);
     assert_eq!(created.object.parent.as_ref(), Some(&folder));
     assert_eq!(created.resource_pool.as_ref(), Some(&pool));
     assert_eq!(created.power_state, Some(PowerState::PoweredOff));
-    assert_eq!(
-        created
-            .extra_config
-            .get("berth.container.id")
-            .map(String::as_str),
-        Some("c1 <&>")
-    );
+    assert_eq!(created.extra_config.get("berth.container.id").map(String::as_str), Some("c1 <&>"));
     assert!(inventory.resource_pool_named("berth-vch1").is_some());
     assert!(inventory.folder_named("berth-vch1").is_some());
 
     let power_state = |client: &VimClient| {
-        let content = client
-            .retrieve_one(&vm, &["runtime.powerState"])
-            .expect("power state");
-        content
-            .text("runtime.powerState")
-            .and_then(PowerState::parse)
+        let content = client.retrieve_one(&vm, &["runtime.powerState"]).expect("power state");
+        content.text("runtime.powerState").and_then(PowerState::parse)
     };
     client.power_on_vm(&vm).expect("power on");
     assert_eq!(power_state(&client), Some(PowerState::PoweredOn));
@@ -206,10 +160,7 @@ fn creates_powers_and_destroys_a_pool_a_folder_and_a_vm() {
     assert_eq!(power_state(&client), Some(PowerState::PoweredOff));
 
     client.destroy(&vm).expect("destroy vm");
-    assert!(matches!(
-        client.destroy(&vm),
-        Err(VimError::NotFound { .. })
-    ));
+    assert!(matches!(client.destroy(&vm), Err(VimError::NotFound { .. })));
     client.destroy(&folder).expect("destroy folder");
     client.destroy(&pool).expect("destroy pool");
     let inventory = client.inventory().expect("inventory");
@@ -234,8 +185,7 @@ fn tls_trusts_only_the_pinned_thumbprint() {
         Ok(_) => panic!("a self-signed certificate was trusted without a thumbprint"),
     }
 
-    options.thumbprint =
-        Some("00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33".to_string());
+    options.thumbprint = Some("00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33".to_string());
     match VimClient::connect(&options) {
         Err(VimError::ThumbprintMismatch { actual, .. }) => {
             assert_eq!(actual.to_string(), vcsim.thumbprint)
@@ -245,30 +195,19 @@ fn tls_trusts_only_the_pinned_thumbprint() {
     }
 
     options.thumbprint = Some("not-a-thumbprint".to_string());
-    assert!(matches!(
-        VimClient::connect(&options),
-        Err(VimError::Thumbprint(_))
-    ));
+    assert!(matches!(VimClient::connect(&options), Err(VimError::Thumbprint(_))));
 
     options.thumbprint = Some(vcsim.thumbprint.to_lowercase());
     let client = VimClient::connect(&options).expect("the pinned certificate is trusted");
-    let before = client
-        .inventory()
-        .expect("inventory")
-        .virtual_machines
-        .len();
+    let before = client.inventory().expect("inventory").virtual_machines.len();
     assert!(before > 0);
     client.logout().expect("logout");
 }
 
 #[test]
 fn an_unreachable_target_is_a_clear_error() {
-    let free_port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("free port")
-        .port();
-    let mut options =
-        ConnectOptions::new(&format!("http://127.0.0.1:{free_port}/sdk"), "user", "pass");
+    let free_port = TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("free port").port();
+    let mut options = ConnectOptions::new(&format!("http://127.0.0.1:{free_port}/sdk"), "user", "pass");
     options.request_timeout = Duration::from_secs(5);
     match VimClient::connect(&options) {
         Err(VimError::Unreachable { endpoint, .. }) => {
@@ -277,8 +216,5 @@ fn an_unreachable_target_is_a_clear_error() {
         Err(other) => panic!("expected Unreachable, got {other}"),
         Ok(_) => panic!("connected to a closed port"),
     }
-    assert!(matches!(
-        VimClient::connect(&ConnectOptions::new("gopher://x", "u", "p")),
-        Err(VimError::InvalidUrl { .. })
-    ));
+    assert!(matches!(VimClient::connect(&ConnectOptions::new("gopher://x", "u", "p")), Err(VimError::InvalidUrl { .. })));
 }

@@ -135,7 +135,9 @@ pub fn normalize_port(spec: &str) -> Result<String, ApiError> {
 
 fn is_volume_name(text: &str) -> bool {
     let bytes = text.as_bytes();
-    bytes.len() >= 2 && bytes[0].is_ascii_alphanumeric() && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    bytes.len() >= 2
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// The label that marks anonymous volumes, as Docker does.
@@ -156,7 +158,10 @@ pub async fn create(
         Some(images) => {
             let images = images.clone();
             let id = image.id.clone();
-            tokio::task::spawn_blocking(move || images.defaults(&id)).await.map_err(|e| ApiError::internal(e.to_string()))?.map_err(ApiError::internal)?
+            tokio::task::spawn_blocking(move || images.defaults(&id))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .map_err(ApiError::internal)?
         }
         None => Default::default(),
     };
@@ -422,7 +427,10 @@ pub fn mac_address(ipv4: &str) -> String {
 
 pub async fn list(State(state): State<DockerState>, Query(query): Query<HashMap<String, String>>) -> Result<Json<Vec<Value>>, ApiError> {
     let filters = filters(&query)?;
-    check_filter_keys(&filters, &["id", "name", "status", "label", "ancestor", "exited", "network", "volume", "before", "since", "health", "is-task"])?;
+    check_filter_keys(
+        &filters,
+        &["id", "name", "status", "label", "ancestor", "exited", "network", "volume", "before", "since", "health", "is-task"],
+    )?;
     let all = flag(&query, "all");
     let limit: Option<usize> = query.get("limit").and_then(|l| l.parse::<i64>().ok()).filter(|l| *l > 0).map(|l| l as usize);
     let now_ms = state.now_ms();
@@ -463,15 +471,16 @@ pub async fn list(State(state): State<DockerState>, Query(query): Query<HashMap<
                 }
             }
             if let Some(ancestors) = filters.get("ancestor") {
-                let matches = ancestors.iter().any(|a| {
-                    views.find_image(a).map(|i| i.id == container.image_id).unwrap_or(false) || container.spec.image == *a
-                });
+                let matches = ancestors
+                    .iter()
+                    .any(|a| views.find_image(a).map(|i| i.id == container.image_id).unwrap_or(false) || container.spec.image == *a);
                 if !matches {
                     continue;
                 }
             }
             if let Some(networks) = filters.get("network") {
-                let matches = networks.iter().any(|n| views.find_network(n).map(|n| container.networks.contains_key(&n.id)).unwrap_or(false));
+                let matches =
+                    networks.iter().any(|n| views.find_network(n).map(|n| container.networks.contains_key(&n.id)).unwrap_or(false));
                 if !matches {
                     continue;
                 }
@@ -481,11 +490,12 @@ pub async fn list(State(state): State<DockerState>, Query(query): Query<HashMap<
                     continue;
                 }
             }
-            let image_name = if image.map(|i| i.tags.contains(&berth_core::model::normalize_reference(&container.spec.image))).unwrap_or(false) {
-                container.spec.image.clone()
-            } else {
-                container.image_id.clone()
-            };
+            let image_name =
+                if image.map(|i| i.tags.contains(&berth_core::model::normalize_reference(&container.spec.image))).unwrap_or(false) {
+                    container.spec.image.clone()
+                } else {
+                    container.image_id.clone()
+                };
             rows.push(json!({
                 "Id": container.id,
                 "Names": [format!("/{}", container.name)],
@@ -556,7 +566,8 @@ pub fn inspect_json(state: &DockerState, views: &DockerViews, container: &Contai
         ports.insert(exposed.clone(), if bound.is_empty() || !running { Value::Null } else { Value::Array(bound) });
     }
     let networks = networks_json(views, container);
-    let bridge = container.networks.iter().find_map(|(id, address)| views.networks.get(id).filter(|n| n.name == "bridge").map(|n| (n, address)));
+    let bridge =
+        container.networks.iter().find_map(|(id, address)| views.networks.get(id).filter(|n| n.name == "bridge").map(|n| (n, address)));
     let (path, args) = {
         let mut all: Vec<String> = container.spec.entrypoint.iter().chain(container.spec.cmd.iter()).cloned().collect();
         if all.is_empty() {
@@ -729,7 +740,11 @@ async fn stop_and_wait(state: &DockerState, container: &ContainerView, timeout_s
     Ok(true)
 }
 
-pub async fn stop(State(state): State<DockerState>, Path(reference): Path<String>, Query(query): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+pub async fn stop(
+    State(state): State<DockerState>,
+    Path(reference): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let container = find(&state, &reference)?;
     let timeout_s = stop_timeout(&query, &container)?;
     if stop_and_wait(&state, &container, timeout_s).await? {
@@ -739,7 +754,11 @@ pub async fn stop(State(state): State<DockerState>, Path(reference): Path<String
     }
 }
 
-pub async fn restart(State(state): State<DockerState>, Path(reference): Path<String>, Query(query): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+pub async fn restart(
+    State(state): State<DockerState>,
+    Path(reference): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let container = find(&state, &reference)?;
     let timeout_s = stop_timeout(&query, &container)?;
     stop_and_wait(&state, &container, timeout_s).await?;
@@ -751,14 +770,32 @@ pub async fn restart(State(state): State<DockerState>, Path(reference): Path<Str
 /// Signal names and numbers Docker accepts.
 pub fn normalize_signal(text: &str) -> Result<String, ApiError> {
     const NAMES: [(&str, i32); 16] = [
-        ("HUP", 1), ("INT", 2), ("QUIT", 3), ("ILL", 4), ("TRAP", 5), ("ABRT", 6), ("KILL", 9), ("USR1", 10), ("SEGV", 11), ("USR2", 12),
-        ("PIPE", 13), ("ALRM", 14), ("TERM", 15), ("CHLD", 17), ("CONT", 18), ("STOP", 19),
+        ("HUP", 1),
+        ("INT", 2),
+        ("QUIT", 3),
+        ("ILL", 4),
+        ("TRAP", 5),
+        ("ABRT", 6),
+        ("KILL", 9),
+        ("USR1", 10),
+        ("SEGV", 11),
+        ("USR2", 12),
+        ("PIPE", 13),
+        ("ALRM", 14),
+        ("TERM", 15),
+        ("CHLD", 17),
+        ("CONT", 18),
+        ("STOP", 19),
     ];
     let upper = text.to_ascii_uppercase();
     let name = upper.strip_prefix("SIG").unwrap_or(&upper);
     if let Ok(number) = name.parse::<i32>() {
         if (1..=64).contains(&number) {
-            return Ok(NAMES.iter().find(|(_, n)| *n == number).map(|(name, _)| format!("SIG{name}")).unwrap_or_else(|| number.to_string()));
+            return Ok(NAMES
+                .iter()
+                .find(|(_, n)| *n == number)
+                .map(|(name, _)| format!("SIG{name}"))
+                .unwrap_or_else(|| number.to_string()));
         }
     } else if NAMES.iter().any(|(n, _)| *n == name) {
         return Ok(format!("SIG{name}"));
@@ -766,7 +803,11 @@ pub fn normalize_signal(text: &str) -> Result<String, ApiError> {
     Err(ApiError::bad_request(format!("Invalid signal: {text}")))
 }
 
-pub async fn kill(State(state): State<DockerState>, Path(reference): Path<String>, Query(query): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+pub async fn kill(
+    State(state): State<DockerState>,
+    Path(reference): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let container = find(&state, &reference)?;
     let signal = normalize_signal(query.get("signal").map(String::as_str).filter(|s| !s.is_empty()).unwrap_or("KILL"))?;
     match state.execute(Command::KillContainer { id: container.id.clone(), signal: signal.clone() }).await {
@@ -800,7 +841,11 @@ pub async fn unpause(State(state): State<DockerState>, Path(reference): Path<Str
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-pub async fn rename(State(state): State<DockerState>, Path(reference): Path<String>, Query(query): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+pub async fn rename(
+    State(state): State<DockerState>,
+    Path(reference): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let container = find(&state, &reference)?;
     let new_name = query.get("name").map(|n| n.trim_start_matches('/').to_string()).unwrap_or_default();
     if new_name.is_empty() {
@@ -810,7 +855,11 @@ pub async fn rename(State(state): State<DockerState>, Path(reference): Path<Stri
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-pub async fn remove(State(state): State<DockerState>, Path(reference): Path<String>, Query(query): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+pub async fn remove(
+    State(state): State<DockerState>,
+    Path(reference): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let container = find(&state, &reference)?;
     let force = flag(&query, "force");
     match state.execute(Command::RemoveContainer { id: container.id.clone(), force }).await {
@@ -832,7 +881,9 @@ pub async fn remove(State(state): State<DockerState>, Path(reference): Path<Stri
 /// Removes the anonymous volumes a removed container used (`rm -v`, `--rm`).
 pub async fn remove_anonymous_volumes(state: &DockerState, container: &ContainerView) {
     for mount in &container.spec.host.mounts {
-        let anonymous = state.views.read(|views| views.volumes.get(&mount.volume).map(|v| v.labels.contains_key(ANONYMOUS_VOLUME_LABEL)).unwrap_or(false));
+        let anonymous = state
+            .views
+            .read(|views| views.volumes.get(&mount.volume).map(|v| v.labels.contains_key(ANONYMOUS_VOLUME_LABEL)).unwrap_or(false));
         if anonymous {
             if let Err(error) = state.execute(Command::RemoveVolume { name: mount.volume.clone(), force: true }).await {
                 tracing::warn!(volume = %mount.volume, message = %error.message, "could not remove an anonymous volume");

@@ -89,20 +89,36 @@ fn translate(context: &mut Context, recorded: &RecordedEvent) -> Vec<DockerEvent
             attributes.insert("name".into(), reference_tags.first().cloned().unwrap_or_else(|| key.clone()));
             vec![("image", "load".into(), key, attributes)]
         }
-        (DomainEvent::ImageTagged { reference }, _) => vec![("image", "tag".into(), key, BTreeMap::from([("name".to_string(), reference.clone())]))],
+        (DomainEvent::ImageTagged { reference }, _) => {
+            vec![("image", "tag".into(), key, BTreeMap::from([("name".to_string(), reference.clone())]))]
+        }
         (DomainEvent::ImageUntagged { reference }, _) => {
             vec![("image", "untag".into(), key, BTreeMap::from([("name".to_string(), reference.clone())]))]
         }
         (DomainEvent::ImageRemoved, _) => vec![("image", "delete".into(), key.clone(), BTreeMap::from([("name".to_string(), key)]))],
-        (DomainEvent::VolumeCreated { driver, .. }, _) => vec![("volume", "create".into(), key, BTreeMap::from([("driver".to_string(), driver.clone())]))],
-        (DomainEvent::VolumeRemoved, _) => vec![("volume", "destroy".into(), key, BTreeMap::from([("driver".to_string(), "local".to_string())]))],
+        (DomainEvent::VolumeCreated { driver, .. }, _) => {
+            vec![("volume", "create".into(), key, BTreeMap::from([("driver".to_string(), driver.clone())]))]
+        }
+        (DomainEvent::VolumeRemoved, _) => {
+            vec![("volume", "destroy".into(), key, BTreeMap::from([("driver".to_string(), "local".to_string())]))]
+        }
         (DomainEvent::NetworkCreated { name, driver, .. }, _) => {
             context.networks.insert(key.clone(), name.clone());
-            vec![("network", "create".into(), key, BTreeMap::from([("name".to_string(), name.clone()), ("type".to_string(), driver.clone())]))]
+            vec![(
+                "network",
+                "create".into(),
+                key,
+                BTreeMap::from([("name".to_string(), name.clone()), ("type".to_string(), driver.clone())]),
+            )]
         }
         (DomainEvent::NetworkRemoved, _) => {
             let name = context.networks.remove(&key).unwrap_or_default();
-            vec![("network", "destroy".into(), key, BTreeMap::from([("name".to_string(), name), ("type".to_string(), "bridge".to_string())]))]
+            vec![(
+                "network",
+                "destroy".into(),
+                key,
+                BTreeMap::from([("name".to_string(), name), ("type".to_string(), "bridge".to_string())]),
+            )]
         }
         (DomainEvent::NetworkContainerConnected { container_id, .. }, StreamKind::Network) => {
             let name = context.networks.get(&key).cloned().unwrap_or_default();
@@ -110,7 +126,11 @@ fn translate(context: &mut Context, recorded: &RecordedEvent) -> Vec<DockerEvent
                 "network",
                 "connect".into(),
                 key,
-                BTreeMap::from([("container".to_string(), container_id.clone()), ("name".to_string(), name), ("type".to_string(), "bridge".to_string())]),
+                BTreeMap::from([
+                    ("container".to_string(), container_id.clone()),
+                    ("name".to_string(), name),
+                    ("type".to_string(), "bridge".to_string()),
+                ]),
             )]
         }
         (DomainEvent::NetworkContainerDisconnected { container_id }, StreamKind::Network) => {
@@ -119,7 +139,11 @@ fn translate(context: &mut Context, recorded: &RecordedEvent) -> Vec<DockerEvent
                 "network",
                 "disconnect".into(),
                 key,
-                BTreeMap::from([("container".to_string(), container_id.clone()), ("name".to_string(), name), ("type".to_string(), "bridge".to_string())]),
+                BTreeMap::from([
+                    ("container".to_string(), container_id.clone()),
+                    ("name".to_string(), name),
+                    ("type".to_string(), "bridge".to_string()),
+                ]),
             )]
         }
         _ => Vec::new(),
@@ -173,7 +197,24 @@ fn event_json(event: &DockerEvent, time_ms: u64) -> Value {
 pub async fn events(State(state): State<DockerState>, Query(query): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
     let filters = filters(&query)?;
     for key in filters.keys() {
-        if !matches!(key.as_str(), "type" | "event" | "action" | "container" | "image" | "volume" | "network" | "label" | "scope" | "daemon" | "plugin" | "node" | "service" | "secret" | "config") {
+        if !matches!(
+            key.as_str(),
+            "type"
+                | "event"
+                | "action"
+                | "container"
+                | "image"
+                | "volume"
+                | "network"
+                | "label"
+                | "scope"
+                | "daemon"
+                | "plugin"
+                | "node"
+                | "service"
+                | "secret"
+                | "config"
+        ) {
             return Err(ApiError::bad_request(format!("invalid filter '{key}'")));
         }
     }

@@ -23,10 +23,7 @@ fn image_port(state: &DockerState) -> Result<Arc<dyn ImagePort>, ApiError> {
 }
 
 fn find(state: &DockerState, reference: &str) -> Result<ImageView, ApiError> {
-    state
-        .views
-        .read(|views| views.find_image(reference).cloned())
-        .ok_or_else(|| ApiError::not_found(format!("No such image: {reference}")))
+    state.views.read(|views| views.find_image(reference).cloned()).ok_or_else(|| ApiError::not_found(format!("No such image: {reference}")))
 }
 
 fn json_lines(lines: Vec<Value>) -> Response {
@@ -99,14 +96,22 @@ pub async fn dispatch_get(State(state): State<DockerState>, Path(rest): Path<Str
     }
     if let Some(name) = rest.strip_suffix("/get") {
         let image = find(&state, name)?;
-        let tags = if image.tags.contains(&normalize_reference(name)) { vec![normalize_reference(name)] } else { image.tags.iter().cloned().collect() };
+        let tags = if image.tags.contains(&normalize_reference(name)) {
+            vec![normalize_reference(name)]
+        } else {
+            image.tags.iter().cloned().collect()
+        };
         return save(&state, vec![(image.id, tags)]);
     }
     Err(ApiError::not_found("page not found"))
 }
 
 /// Routes `POST /images/{name}/tag|push`.
-pub async fn dispatch_post(State(state): State<DockerState>, Path(rest): Path<String>, Query(query): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+pub async fn dispatch_post(
+    State(state): State<DockerState>,
+    Path(rest): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     if let Some(name) = rest.strip_suffix("/tag") {
         let image = find(&state, name)?;
         let repo = query.get("repo").cloned().unwrap_or_default();
@@ -129,7 +134,10 @@ async fn inspect(state: &DockerState, name: &str) -> Result<Json<Value>, ApiErro
         Some(images) => {
             let images = images.clone();
             let id = image.id.clone();
-            tokio::task::spawn_blocking(move || images.defaults(&id)).await.map_err(|e| ApiError::internal(e.to_string()))?.unwrap_or_default()
+            tokio::task::spawn_blocking(move || images.defaults(&id))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .unwrap_or_default()
         }
         None => Default::default(),
     };
@@ -176,7 +184,10 @@ async fn history(state: &DockerState, name: &str) -> Result<Json<Value>, ApiErro
     let image = find(state, name)?;
     let port = image_port(state)?;
     let id = image.id.clone();
-    let defaults = tokio::task::spawn_blocking(move || port.defaults(&id)).await.map_err(|e| ApiError::internal(e.to_string()))?.map_err(ApiError::internal)?;
+    let defaults = tokio::task::spawn_blocking(move || port.defaults(&id))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(ApiError::internal)?;
     let count = defaults.history.len();
     let rows: Vec<Value> = defaults
         .history
@@ -184,7 +195,9 @@ async fn history(state: &DockerState, name: &str) -> Result<Json<Value>, ApiErro
         .enumerate()
         .rev()
         .map(|(index, step)| {
-            let created_s = time::OffsetDateTime::parse(&step.created, &time::format_description::well_known::Rfc3339).map(|t| t.unix_timestamp()).unwrap_or(0);
+            let created_s = time::OffsetDateTime::parse(&step.created, &time::format_description::well_known::Rfc3339)
+                .map(|t| t.unix_timestamp())
+                .unwrap_or(0);
             json!({
                 "Id": if index + 1 == count { image.id.clone() } else { "<missing>".to_string() },
                 "Created": created_s,
@@ -198,7 +211,11 @@ async fn history(state: &DockerState, name: &str) -> Result<Json<Value>, ApiErro
     Ok(Json(Value::Array(rows)))
 }
 
-pub async fn remove(State(state): State<DockerState>, Path(name): Path<String>, Query(query): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+pub async fn remove(
+    State(state): State<DockerState>,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let image = find(&state, &name)?;
     let force = flag(&query, "force");
     let normalized = normalize_reference(&name);
@@ -277,7 +294,8 @@ pub async fn create(State(state): State<DockerState>, RawQuery(raw): RawQuery, b
             .map_err(ApiError::bad_request)?;
         if let Some(repo) = get("repo").filter(|r| !r.is_empty()) {
             let tag = get("tag").filter(|t| !t.is_empty()).unwrap_or_else(|| "latest".into());
-            let reference = if repo.rsplit('/').next().map(|last| last.contains(':')).unwrap_or(false) { repo } else { format!("{repo}:{tag}") };
+            let reference =
+                if repo.rsplit('/').next().map(|last| last.contains(':')).unwrap_or(false) { repo } else { format!("{repo}:{tag}") };
             berth_core::model::validate_reference(&reference).map_err(|r| ApiError::bad_request(r.to_string()))?;
             stored.repo_tags = vec![reference];
         }
@@ -340,7 +358,11 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-pub async fn load(State(state): State<DockerState>, Query(query): Query<HashMap<String, String>>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn load(
+    State(state): State<DockerState>,
+    Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let port = image_port(&state)?;
     let loaded = tokio::task::spawn_blocking(move || port.load(&mut &body[..]))
         .await
@@ -367,7 +389,9 @@ fn save(state: &DockerState, images: Vec<(String, Vec<String>)>) -> Result<Respo
     struct ChannelWriter(tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>);
     impl std::io::Write for ChannelWriter {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.blocking_send(Ok(Bytes::copy_from_slice(bytes))).map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))?;
+            self.0
+                .blocking_send(Ok(Bytes::copy_from_slice(bytes)))
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))?;
             Ok(bytes.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -388,7 +412,8 @@ fn save(state: &DockerState, images: Vec<(String, Vec<String>)>) -> Result<Respo
 }
 
 pub async fn save_many(State(state): State<DockerState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
-    let names: Vec<String> = serde_urlencoded_pairs(raw.as_deref().unwrap_or("")).into_iter().filter(|(k, _)| k == "names").map(|(_, v)| v).collect();
+    let names: Vec<String> =
+        serde_urlencoded_pairs(raw.as_deref().unwrap_or("")).into_iter().filter(|(k, _)| k == "names").map(|(_, v)| v).collect();
     if names.is_empty() {
         return Err(ApiError::bad_request("names is required"));
     }

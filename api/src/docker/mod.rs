@@ -80,7 +80,9 @@ impl DockerState {
     }
 
     fn bus(&self) -> Result<&Arc<CommandBus>, ApiError> {
-        self.bus.as_ref().ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "this berth is a read-only follower: send changes to the leader"))
+        self.bus
+            .as_ref()
+            .ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "this berth is a read-only follower: send changes to the leader"))
     }
 
     /// Executes a command and waits until the views reflect it.
@@ -133,7 +135,8 @@ impl DockerState {
         let Some(containers) = self.containers.clone() else { return Ok(()) };
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let (generation, state) = self.views.read(|views| views.containers.get(id).map(|c| (c.generation, c.state.clone())).unwrap_or((0, "gone".into())));
+            let (generation, state) =
+                self.views.read(|views| views.containers.get(id).map(|c| (c.generation, c.state.clone())).unwrap_or((0, "gone".into())));
             if state != "running" && state != "paused" {
                 return Ok(());
             }
@@ -244,7 +247,6 @@ pub fn routes(state: DockerState) -> Router {
         .with_state(state)
 }
 
-
 /// Errors that did not come from a handler (axum's extractor rejections, 405
 /// for a wrong method) get Docker's `{"message": ...}` JSON body too.
 async fn as_docker_error(response: Response) -> Response {
@@ -262,7 +264,8 @@ async fn as_docker_error(response: Response) -> Response {
 /// A service that serves the Docker API with version prefixes and Docker's headers.
 pub fn service(
     state: DockerState,
-) -> impl tower::Service<Request<Body>, Response = Response, Error = std::convert::Infallible, Future = impl Send> + Clone + Send + 'static {
+) -> impl tower::Service<Request<Body>, Response = Response, Error = std::convert::Infallible, Future = impl Send> + Clone + Send + 'static
+{
     let router = routes(state);
     tower::service_fn(move |request: Request<Body>| {
         let router = router.clone();

@@ -147,10 +147,12 @@ pub async fn create(State(state): State<DockerState>, body: Bytes) -> Result<Res
             let gateway = gateway.filter(|g| !g.is_empty()).unwrap_or_else(|| format_ipv4(parsed.base + 1));
             (format!("{}/{}", format_ipv4(parsed.base), parsed.prefix_length), gateway)
         }
-        None => state
-            .views
-            .read(|views| allocate_subnet(state.address_pool(), views))
-            .ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network"))?,
+        None => state.views.read(|views| allocate_subnet(state.address_pool(), views)).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network",
+            )
+        })?,
     };
     let id = state.random_hex();
     state
@@ -168,7 +170,10 @@ pub async fn create(State(state): State<DockerState>, body: Bytes) -> Result<Res
 }
 
 fn find_network(state: &DockerState, reference: &str) -> Result<NetworkView, ApiError> {
-    state.views.read(|views| views.find_network(reference).cloned()).ok_or_else(|| ApiError::not_found(format!("network {reference} not found")))
+    state
+        .views
+        .read(|views| views.find_network(reference).cloned())
+        .ok_or_else(|| ApiError::not_found(format!("network {reference} not found")))
 }
 
 pub async fn list(State(state): State<DockerState>, Query(query): Query<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {
@@ -188,7 +193,9 @@ pub async fn list(State(state): State<DockerState>, Query(query): Query<HashMap<
                     .map(|v| v.iter().any(|t| (t == "builtin") == PREDEFINED_NETWORK_NAMES.contains(&n.name.as_str())))
                     .unwrap_or(true)
             })
-            .filter(|n| filters.get("dangling").map(|v| v.iter().any(|d| (d == "true" || d == "1") == n.endpoints.is_empty())).unwrap_or(true))
+            .filter(|n| {
+                filters.get("dangling").map(|v| v.iter().any(|d| (d == "true" || d == "1") == n.endpoints.is_empty())).unwrap_or(true)
+            })
             .map(|n| network_json(views, n, false))
             .collect::<Vec<_>>()
     });
@@ -229,7 +236,11 @@ pub async fn disconnect(State(state): State<DockerState>, Path(reference): Path<
     let body: ConnectBody = parse_body(&body)?;
     let container = find(&state, body.container.as_deref().unwrap_or_default())?;
     state
-        .execute(Command::DisconnectNetwork { network_id: network.id.clone(), container_id: container.id.clone(), force: body.force.unwrap_or(false) })
+        .execute(Command::DisconnectNetwork {
+            network_id: network.id.clone(),
+            container_id: container.id.clone(),
+            force: body.force.unwrap_or(false),
+        })
         .await?;
     Ok(StatusCode::OK.into_response())
 }

@@ -111,7 +111,16 @@ pub trait ContainerPort: Send + Sync {
     /// Writes to the container's stdin (when it was started with OpenStdin); None when no stdin is attached.
     fn stdin(&self, id: &str) -> Result<Option<Box<dyn Write + Send>>, String>;
     fn resize(&self, id: &str, width: u16, height: u16) -> Result<(), String>;
-    fn exec(&self, id: &str, cmd: &[String], env: &[String], working_dir: &str, user: &str, tty: bool, stdin: bool) -> Result<ExecSession, String>;
+    fn exec(
+        &self,
+        id: &str,
+        cmd: &[String],
+        env: &[String],
+        working_dir: &str,
+        user: &str,
+        tty: bool,
+        stdin: bool,
+    ) -> Result<ExecSession, String>;
     fn top(&self, id: &str, ps_args: &str) -> Result<ProcessTable, String>;
     fn stats(&self, id: &str) -> Result<ContainerStats, String>;
     fn update_resources(&self, id: &str, memory_bytes: i64, nano_cpus: i64, cpu_shares: i64) -> Result<(), String>;

@@ -76,7 +76,11 @@ fn stream_content_type(tty: bool) -> &'static str {
 
 // ---- wait ----------------------------------------------------------------
 
-pub async fn wait(State(state): State<DockerState>, Path(reference): Path<String>, Query(query): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+pub async fn wait(
+    State(state): State<DockerState>,
+    Path(reference): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let container = find(&state, &reference)?;
     let condition = query.get("condition").cloned().unwrap_or_else(|| "not-running".into());
     if !matches!(condition.as_str(), "not-running" | "next-exit" | "removed") {
@@ -175,7 +179,11 @@ fn wanted(entry: &LogEntry, options: &LogOptions) -> bool {
     stream_ok && entry.time_unix_ns >= options.since_ns && options.until_ns.map(|u| entry.time_unix_ns <= u).unwrap_or(true)
 }
 
-pub async fn logs(State(state): State<DockerState>, Path(reference): Path<String>, Query(query): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+pub async fn logs(
+    State(state): State<DockerState>,
+    Path(reference): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let container = find(&state, &reference)?;
     let options = log_options(&query)?;
     if !options.stdout && !options.stderr {
@@ -334,7 +342,9 @@ pub async fn attach(
     }
 
     if !wants_upgrade(&request) {
-        let stream = futures_util::stream::poll_fn(move |context| receiver.poll_recv(context).map(|o| o.map(|bytes| Ok::<_, std::io::Error>(Bytes::from(bytes)))));
+        let stream = futures_util::stream::poll_fn(move |context| {
+            receiver.poll_recv(context).map(|o| o.map(|bytes| Ok::<_, std::io::Error>(Bytes::from(bytes))))
+        });
         let mut response = Response::new(Body::from_stream(stream));
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(stream_content_type(tty)));
         return Ok(response);
@@ -361,7 +371,12 @@ pub async fn attach(
 }
 
 /// Copies a client's stdin into the running container; closes it on EOF.
-async fn copy_stdin_to_container(state: DockerState, port: Arc<dyn ContainerPort>, id: String, reader: &mut (impl tokio::io::AsyncRead + Unpin)) {
+async fn copy_stdin_to_container(
+    state: DockerState,
+    port: Arc<dyn ContainerPort>,
+    id: String,
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+) {
     // Wait (bounded) for the process to exist: attach usually precedes start.
     let started = wait_until(&state, &id, Duration::from_secs(60), |c| c.map(|c| c.state != "created").unwrap_or(true)).await;
     if !started || state.await_started(&id, Duration::from_secs(30)).await.is_err() {
@@ -382,8 +397,10 @@ async fn copy_stdin_to_container(state: DockerState, port: Arc<dyn ContainerPort
         };
         let chunk = buffer[..count].to_vec();
         let writer = writer.clone();
-        let written = tokio::task::spawn_blocking(move || writer.lock().as_mut().map(|w| w.write_all(&chunk).and_then(|_| w.flush())).unwrap_or(Ok(())))
-            .await;
+        let written = tokio::task::spawn_blocking(move || {
+            writer.lock().as_mut().map(|w| w.write_all(&chunk).and_then(|_| w.flush())).unwrap_or(Ok(()))
+        })
+        .await;
         if !matches!(written, Ok(Ok(()))) {
             break;
         }
@@ -392,7 +409,11 @@ async fn copy_stdin_to_container(state: DockerState, port: Arc<dyn ContainerPort
     writer.lock().take();
 }
 
-pub async fn resize(State(state): State<DockerState>, Path(reference): Path<String>, Query(query): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+pub async fn resize(
+    State(state): State<DockerState>,
+    Path(reference): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let container = find(&state, &reference)?;
     let (height, width) = dimensions(&query)?;
     if !matches!(container.state.as_str(), "running" | "paused") {
@@ -400,7 +421,10 @@ pub async fn resize(State(state): State<DockerState>, Path(reference): Path<Stri
     }
     let port = container_port(&state)?;
     let id = container.id.clone();
-    tokio::task::spawn_blocking(move || port.resize(&id, width, height)).await.map_err(|e| ApiError::internal(e.to_string()))?.map_err(ApiError::internal)?;
+    tokio::task::spawn_blocking(move || port.resize(&id, width, height))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(ApiError::internal)?;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -490,7 +514,8 @@ pub async fn exec_create(State(state): State<DockerState>, Path(reference): Path
 }
 
 pub async fn exec_start(State(state): State<DockerState>, Path(exec_id): Path<String>, mut request: Request) -> Result<Response, ApiError> {
-    let body = axum::body::to_bytes(std::mem::take(request.body_mut()), 1024 * 1024).await.map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let body =
+        axum::body::to_bytes(std::mem::take(request.body_mut()), 1024 * 1024).await.map_err(|e| ApiError::bad_request(e.to_string()))?;
     let start: ExecStartBody = parse_body(&body)?;
     let (container_id, cmd, env, working_dir, user, tty, want_stdin) = {
         let mut instances = state.exec_sessions.instances.lock();
@@ -500,7 +525,15 @@ pub async fn exec_start(State(state): State<DockerState>, Path(exec_id): Path<St
         }
         instance.started = true;
         instance.running = true;
-        (instance.container_id.clone(), instance.cmd.clone(), instance.env.clone(), instance.working_dir.clone(), instance.user.clone(), instance.tty, instance.stdin)
+        (
+            instance.container_id.clone(),
+            instance.cmd.clone(),
+            instance.env.clone(),
+            instance.working_dir.clone(),
+            instance.user.clone(),
+            instance.tty,
+            instance.stdin,
+        )
     };
     let running = state.views.read(|views| views.containers.get(&container_id).map(|c| c.state == "running").unwrap_or(false));
     if !running {
@@ -578,7 +611,9 @@ pub async fn exec_start(State(state): State<DockerState>, Path(exec_id): Path<St
     }
     if !wants_upgrade(&request) {
         drop(stdin);
-        let stream = futures_util::stream::poll_fn(move |context| receiver.poll_recv(context).map(|o| o.map(|bytes| Ok::<_, std::io::Error>(Bytes::from(bytes)))));
+        let stream = futures_util::stream::poll_fn(move |context| {
+            receiver.poll_recv(context).map(|o| o.map(|bytes| Ok::<_, std::io::Error>(Bytes::from(bytes))))
+        });
         let mut response = Response::new(Body::from_stream(stream));
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(stream_content_type(tty)));
         return Ok(response);
@@ -598,9 +633,11 @@ pub async fn exec_start(State(state): State<DockerState>, Path(exec_id): Path<St
                     };
                     let chunk = buffer[..count].to_vec();
                     let stdin = stdin.clone();
-                    let ok = tokio::task::spawn_blocking(move || stdin.lock().as_mut().map(|w| w.write_all(&chunk).and_then(|_| w.flush()).is_ok()).unwrap_or(false))
-                        .await
-                        .unwrap_or(false);
+                    let ok = tokio::task::spawn_blocking(move || {
+                        stdin.lock().as_mut().map(|w| w.write_all(&chunk).and_then(|_| w.flush()).is_ok()).unwrap_or(false)
+                    })
+                    .await
+                    .unwrap_or(false);
                     if !ok {
                         break;
                     }
@@ -620,7 +657,11 @@ pub async fn exec_start(State(state): State<DockerState>, Path(exec_id): Path<St
     Ok(upgraded_response(tty))
 }
 
-pub async fn exec_resize(State(state): State<DockerState>, Path(exec_id): Path<String>, Query(query): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+pub async fn exec_resize(
+    State(state): State<DockerState>,
+    Path(exec_id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let (height, width) = dimensions(&query)?;
     let resizer = {
         let instances = state.exec_sessions.instances.lock();
@@ -628,7 +669,10 @@ pub async fn exec_resize(State(state): State<DockerState>, Path(exec_id): Path<S
         instance.resizer.clone()
     };
     if let Some(resizer) = resizer {
-        tokio::task::spawn_blocking(move || resizer(width, height)).await.map_err(|e| ApiError::internal(e.to_string()))?.map_err(ApiError::internal)?;
+        tokio::task::spawn_blocking(move || resizer(width, height))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(ApiError::internal)?;
     }
     Ok(StatusCode::OK.into_response())
 }
@@ -667,17 +711,30 @@ fn require_running(container: &berth_projections::ContainerView) -> Result<(), A
     }
 }
 
-pub async fn top(State(state): State<DockerState>, Path(reference): Path<String>, Query(query): Query<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {
+pub async fn top(
+    State(state): State<DockerState>,
+    Path(reference): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
     let container = find(&state, &reference)?;
     require_running(&container)?;
     let port = container_port(&state)?;
     let ps_args = query.get("ps_args").cloned().unwrap_or_default();
     let id = container.id.clone();
-    let table = tokio::task::spawn_blocking(move || port.top(&id, &ps_args)).await.map_err(|e| ApiError::internal(e.to_string()))?.map_err(ApiError::internal)?;
+    let table = tokio::task::spawn_blocking(move || port.top(&id, &ps_args))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(ApiError::internal)?;
     Ok(Json(json!({ "Titles": table.titles, "Processes": table.processes })))
 }
 
-fn stats_json(container: &berth_projections::ContainerView, now: &super::ports::ContainerStats, before: &super::ports::ContainerStats, read_ms: u64, preread_ms: u64) -> Value {
+fn stats_json(
+    container: &berth_projections::ContainerView,
+    now: &super::ports::ContainerStats,
+    before: &super::ports::ContainerStats,
+    read_ms: u64,
+    preread_ms: u64,
+) -> Value {
     let cpu = |s: &super::ports::ContainerStats| {
         json!({
             "cpu_usage": { "total_usage": s.cpu_total_ns, "usage_in_kernelmode": 0, "usage_in_usermode": s.cpu_total_ns },
@@ -701,7 +758,11 @@ fn stats_json(container: &berth_projections::ContainerView, now: &super::ports::
     })
 }
 
-pub async fn stats(State(state): State<DockerState>, Path(reference): Path<String>, Query(query): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+pub async fn stats(
+    State(state): State<DockerState>,
+    Path(reference): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let container = find(&state, &reference)?;
     let port = container_port(&state)?;
     let stream = query.get("stream").map(|v| v != "0" && v != "false").unwrap_or(true);
@@ -724,7 +785,8 @@ pub async fn stats(State(state): State<DockerState>, Path(reference): Path<Strin
         let mut before = Default::default();
         let mut preread_ms = 0;
         loop {
-            let running = state.views.read(|views| views.containers.get(&container.id).map(|c| matches!(c.state.as_str(), "running" | "paused")));
+            let running =
+                state.views.read(|views| views.containers.get(&container.id).map(|c| matches!(c.state.as_str(), "running" | "paused")));
             let Some(running) = running else { return };
             let now = if running { sample(port.clone(), container.id.clone()).await } else { Default::default() };
             let read_ms = state.now_ms();
@@ -781,7 +843,10 @@ pub async fn changes(State(state): State<DockerState>, Path(reference): Path<Str
     let container = find(&state, &reference)?;
     let port = container_port(&state)?;
     let id = container.id.clone();
-    let changes = tokio::task::spawn_blocking(move || port.diff(&id)).await.map_err(|e| ApiError::internal(e.to_string()))?.map_err(ApiError::internal)?;
+    let changes = tokio::task::spawn_blocking(move || port.diff(&id))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(ApiError::internal)?;
     Ok(Json(Value::Array(changes.into_iter().map(|c| json!({ "Path": c.path, "Kind": c.kind })).collect())))
 }
 
@@ -791,7 +856,9 @@ fn streamed_body(produce: impl FnOnce(&mut dyn Write) -> Result<(), String> + Se
     struct ChannelWriter(tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>);
     impl Write for ChannelWriter {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.blocking_send(Ok(Bytes::copy_from_slice(bytes))).map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))?;
+            self.0
+                .blocking_send(Ok(Bytes::copy_from_slice(bytes)))
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))?;
             Ok(bytes.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -829,13 +896,18 @@ async fn stat_header(state: &DockerState, reference: &str, path: &str) -> Result
     let id = container.id.clone();
     let lookup = path.to_string();
     let stat = tokio::task::spawn_blocking(move || port.archive_stat(&id, &lookup)).await.map_err(|e| ApiError::internal(e.to_string()))?;
-    let stat = stat.map_err(|message| ApiError::not_found(format!("Could not find the file {path} in container {reference}: {message}")))?;
+    let stat =
+        stat.map_err(|message| ApiError::not_found(format!("Could not find the file {path} in container {reference}: {message}")))?;
     use base64::Engine as _;
     let encoded = base64::engine::general_purpose::STANDARD.encode(stat.to_string());
     Ok((container.id, HeaderValue::from_str(&encoded).map_err(|e| ApiError::internal(e.to_string()))?))
 }
 
-pub async fn archive_head(State(state): State<DockerState>, Path(reference): Path<String>, Query(query): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+pub async fn archive_head(
+    State(state): State<DockerState>,
+    Path(reference): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let path = archive_path(&query)?;
     let (_, stat) = stat_header(&state, &reference, &path).await?;
     let mut response = StatusCode::OK.into_response();
@@ -843,7 +915,11 @@ pub async fn archive_head(State(state): State<DockerState>, Path(reference): Pat
     Ok(response)
 }
 
-pub async fn archive_get(State(state): State<DockerState>, Path(reference): Path<String>, Query(query): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+pub async fn archive_get(
+    State(state): State<DockerState>,
+    Path(reference): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let path = archive_path(&query)?;
     let (id, stat) = stat_header(&state, &reference, &path).await?;
     let port = container_port(&state)?;

@@ -12,8 +12,7 @@ pub fn flag(query: &HashMap<String, String>, name: &str) -> bool {
 /// Parses `filters`: the CLI sends `{"k":{"v":true}}`, docker-py `{"k":["v"]}`.
 pub fn filters(query: &HashMap<String, String>) -> Result<BTreeMap<String, Vec<String>>, ApiError> {
     let Some(text) = query.get("filters").filter(|t| !t.is_empty()) else { return Ok(BTreeMap::new()) };
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|error| ApiError::bad_request(format!("invalid filter: {error}")))?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|error| ApiError::bad_request(format!("invalid filter: {error}")))?;
     let object = value.as_object().ok_or_else(|| ApiError::bad_request("invalid filter: want a JSON object"))?;
     let mut parsed = BTreeMap::new();
     for (key, values) in object {
@@ -90,8 +89,30 @@ pub fn parse_time_ms(text: &str) -> Result<u64, ApiError> {
 }
 
 const ADJECTIVES: [&str; 24] = [
-    "admiring", "brave", "calm", "clever", "dazzling", "eager", "elegant", "focused", "gallant", "happy", "jolly", "keen", "lucid",
-    "modest", "nifty", "optimistic", "peaceful", "quirky", "relaxed", "serene", "sharp", "trusting", "vibrant", "zealous",
+    "admiring",
+    "brave",
+    "calm",
+    "clever",
+    "dazzling",
+    "eager",
+    "elegant",
+    "focused",
+    "gallant",
+    "happy",
+    "jolly",
+    "keen",
+    "lucid",
+    "modest",
+    "nifty",
+    "optimistic",
+    "peaceful",
+    "quirky",
+    "relaxed",
+    "serene",
+    "sharp",
+    "trusting",
+    "vibrant",
+    "zealous",
 ];
 const SURNAMES: [&str; 24] = [
     "babbage", "curie", "darwin", "einstein", "euler", "fermat", "galileo", "hopper", "hypatia", "kepler", "lamport", "lovelace",

@@ -50,7 +50,13 @@ pub async fn create(State(state): State<DockerState>, body: Bytes) -> Result<Res
     if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) && labels.is_empty() {
         labels.insert(ANONYMOUS_VOLUME_LABEL.to_string(), String::new());
     }
-    state.execute(Command::CreateVolume { name: name.clone(), driver: body.driver.filter(|d| !d.is_empty()).unwrap_or_else(|| "local".into()), labels }).await?;
+    state
+        .execute(Command::CreateVolume {
+            name: name.clone(),
+            driver: body.driver.filter(|d| !d.is_empty()).unwrap_or_else(|| "local".into()),
+            labels,
+        })
+        .await?;
     let volume = state.views.read(|views| views.volumes.get(&name).cloned()).ok_or_else(|| ApiError::internal("the volume vanished"))?;
     Ok((StatusCode::CREATED, Json(volume_json(&state, &volume))).into_response())
 }
@@ -66,7 +72,10 @@ pub async fn list(State(state): State<DockerState>, Query(query): Query<HashMap<
             .filter(|v| filters.get("driver").map(|d| d.contains(&v.driver)).unwrap_or(true))
             .filter(|v| filters.get("label").map(|l| labels_match(&v.labels, l)).unwrap_or(true))
             .filter(|v| {
-                filters.get("dangling").map(|d| d.iter().any(|d| (d == "true" || d == "1") == users(views, &v.name).is_empty())).unwrap_or(true)
+                filters
+                    .get("dangling")
+                    .map(|d| d.iter().any(|d| (d == "true" || d == "1") == users(views, &v.name).is_empty()))
+                    .unwrap_or(true)
             })
             .map(|v| volume_json(&state, v))
             .collect()
@@ -75,11 +84,18 @@ pub async fn list(State(state): State<DockerState>, Query(query): Query<HashMap<
 }
 
 pub async fn inspect(State(state): State<DockerState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
-    let volume = state.views.read(|views| views.volumes.get(&name).cloned()).ok_or_else(|| ApiError::not_found(format!("get {name}: no such volume")))?;
+    let volume = state
+        .views
+        .read(|views| views.volumes.get(&name).cloned())
+        .ok_or_else(|| ApiError::not_found(format!("get {name}: no such volume")))?;
     Ok(Json(volume_json(&state, &volume)))
 }
 
-pub async fn remove(State(state): State<DockerState>, Path(name): Path<String>, Query(query): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+pub async fn remove(
+    State(state): State<DockerState>,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let force = super::util::flag(&query, "force");
     match state.execute(Command::RemoveVolume { name: name.clone(), force }).await {
         Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),

@@ -52,7 +52,8 @@ pub struct EventFilter {
 }
 
 fn parse_position(text: &str, source: &str, head: Position) -> Result<Position, String> {
-    let position: u64 = text.trim().parse().map_err(|_| format!("{source} {text:?} is not a log position (a whole number of 0 or more)"))?;
+    let position: u64 =
+        text.trim().parse().map_err(|_| format!("{source} {text:?} is not a log position (a whole number of 0 or more)"))?;
     if position > head.0 {
         return Err(format!("{source} {position} is beyond the log's head, position {head}"));
     }
@@ -277,7 +278,9 @@ pub async fn stream_events(State(state): State<PortalState>, Query(query): Query
         views: if filter_views { Some(DockerViews::default()) } else { None },
         _slot: slot,
     };
-    Sse::new(stream::unfold(cursor, next_event)).keep_alive(KeepAlive::new().interval(state.heartbeat_interval).text("heartbeat")).into_response()
+    Sse::new(stream::unfold(cursor, next_event))
+        .keep_alive(KeepAlive::new().interval(state.heartbeat_interval).text("heartbeat"))
+        .into_response()
 }
 
 #[cfg(test)]
@@ -290,7 +293,8 @@ mod tests {
 
     #[test]
     fn filters_and_positions_are_parsed() {
-        let filter = parse_filter(&query(&[("vch", "default"), ("kind", "volume"), ("id", "v1"), ("since", "3")]), None, Position(10)).unwrap();
+        let filter =
+            parse_filter(&query(&[("vch", "default"), ("kind", "volume"), ("id", "v1"), ("since", "3")]), None, Position(10)).unwrap();
         assert_eq!(filter.vch.as_deref(), Some("default"));
         assert_eq!(filter.kind, Some(StreamKind::Volume));
         assert_eq!(filter.id.as_deref(), Some("v1"));

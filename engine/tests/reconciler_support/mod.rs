@@ -50,7 +50,10 @@ impl EventLog for MemoryLog {
             let actual = versions.get(&stream.stream).copied().unwrap_or(0);
             if !stream.expected.admits(StreamVersion(actual)) {
                 drop((events, versions));
-                return self.answer(done, Err(AppendError::WrongExpectedVersion { stream: stream.stream.clone(), expected: stream.expected, actual }));
+                return self.answer(
+                    done,
+                    Err(AppendError::WrongExpectedVersion { stream: stream.stream.clone(), expected: stream.expected, actual }),
+                );
             }
         }
         let first_position = Position(events.len() as u64 + 1);
