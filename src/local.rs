@@ -60,10 +60,25 @@ pub struct LocalInfrastructure {
 
 fn infra_error(error: RuntimeError) -> InfraError {
     let text = error.to_string();
-    if text.contains("not found") || text.contains("no such") || text.contains("No such") {
-        InfraError::NotFound(text)
-    } else {
-        InfraError::Permanent(text)
+    match &error {
+        RuntimeError::ContainerNotFound { .. } | RuntimeError::NetworkNotFound { .. } => InfraError::NotFound(text),
+        // Retrying cannot help: the configuration or the image is wrong.
+        RuntimeError::NotRoot { .. }
+        | RuntimeError::NamespacesUnavailable { .. }
+        | RuntimeError::ToolMissing { .. }
+        | RuntimeError::RootfsMissing { .. }
+        | RuntimeError::MountSourceMissing { .. }
+        | RuntimeError::Invalid { .. } => InfraError::Permanent(text),
+        // A process that cannot be executed is the container's own fault (Docker's 126/127).
+        RuntimeError::Shim { message, .. }
+            if message.contains("executable file not found")
+                || message.contains("no such file or directory")
+                || message.contains("permission denied") =>
+        {
+            InfraError::Permanent(text)
+        }
+        // Everything else (runc, ip, I/O, a busy shim) may pass: back off and retry.
+        _ => InfraError::Transient(text),
     }
 }
 

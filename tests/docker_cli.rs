@@ -163,7 +163,13 @@ fn containers_run_with_their_output_exit_codes_and_lifecycle() {
     assert_eq!(followed, "1\n2\n3\n");
     // start -a attaches and returns the exit code.
     let output = docker.run(&["start", "-a", "counter"]);
-    assert_eq!(String::from_utf8_lossy(&output.stdout), "1\n2\n3\n");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "1\n2\n3\n",
+        "start -a exited {:?}: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
     // docker attach to a running container sees its output until it exits.
     docker.ok(&["run", "-d", "--name", "talker", "busybox", "sh", "-c", "sleep 1; echo attached-out; exit 3"]);
     let attached = docker.run(&["attach", "talker"]);
