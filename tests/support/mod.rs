@@ -181,7 +181,10 @@ impl Server {
 /// Deletes the bridges and firewall rules left on this slot's subnets.
 fn clean_slot_network(index: u32) {
     let script = format!(
-        "for dev in $(ip -o -4 addr show | awk '$4 ~ /^10\\.{index}\\./ {{print $2}}'); do ip link del \"$dev\" 2>/dev/null; done; \
+        "for dev in $(ip -o -4 addr show | awk '$4 ~ /^10\\.{index}\\./ {{print $2}}'); do \
+           for table in nat filter; do iptables -t $table -S 2>/dev/null | grep -- \"$dev\" | sed 's/^-A /-D /' | \
+             while read -r rule; do eval iptables -t $table $rule 2>/dev/null; done; done; \
+           ip link del \"$dev\" 2>/dev/null; done; \
          for table in nat filter; do iptables -t $table -S 2>/dev/null | grep -- ' 10\\.{index}\\.' | sed 's/^-A /-D /' | \
          while read -r rule; do eval iptables -t $table $rule 2>/dev/null; done; done; true"
     );
