@@ -70,14 +70,13 @@ impl StreamId {
     pub fn parse(text: &str) -> Option<StreamId> {
         let (kind, key) = text.split_once('/')?;
         let kind = StreamKind::parse(kind)?;
-        if key.is_empty() || key.len() > STREAM_KEY_LENGTH_BYTES_MAX {
-            return None;
-        }
-        Some(StreamId::new(kind, key))
+        let id = StreamId::new(kind, key);
+        id.is_valid().then_some(id)
     }
 
+    /// A key is 1 to [`STREAM_KEY_LENGTH_BYTES_MAX`] bytes without NUL (logs use NUL as a key separator).
     pub fn is_valid(&self) -> bool {
-        !self.key.is_empty() && self.key.len() <= STREAM_KEY_LENGTH_BYTES_MAX
+        !self.key.is_empty() && self.key.len() <= STREAM_KEY_LENGTH_BYTES_MAX && !self.key.contains('\0')
     }
 }
 

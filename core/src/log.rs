@@ -60,6 +60,30 @@ impl AppendRequest {
     pub fn event_count(&self) -> usize {
         self.streams.iter().map(|s| s.events.len()).sum()
     }
+
+    /// The checks every log makes before it writes anything: the event count,
+    /// valid and distinct streams, and each stream's expected version against
+    /// `version_of` (the stream's current version).
+    pub fn validate(&self, version_of: impl Fn(&StreamId) -> u64) -> Result<(), AppendError> {
+        let event_count = self.event_count();
+        if event_count > APPEND_EVENT_COUNT_MAX {
+            return Err(AppendError::TooManyEvents(event_count));
+        }
+        for (index, stream_append) in self.streams.iter().enumerate() {
+            let stream = &stream_append.stream;
+            if !stream.is_valid() {
+                return Err(AppendError::InvalidStream(stream.to_string()));
+            }
+            if self.streams[..index].iter().any(|earlier| &earlier.stream == stream) {
+                return Err(AppendError::DuplicateStream(stream.clone()));
+            }
+            let actual = version_of(stream);
+            if !stream_append.expected.admits(StreamVersion(actual)) {
+                return Err(AppendError::WrongExpectedVersion { stream: stream.clone(), expected: stream_append.expected, actual });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The result of an append: where its events landed.

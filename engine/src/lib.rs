@@ -10,6 +10,7 @@ pub mod bus;
 pub mod history;
 pub mod reconciler;
 pub mod runner;
+pub mod vch;
 
 pub use bus::{CommandBus, CommandError, CommandOutcome};
 pub use history::{audit, replay_until, AuditEntry, AuditFilter, Until};

@@ -11,11 +11,11 @@
 //! The disk image is a sequence of frames `[length u32][crc32c u32][payload]`,
 //! one per append, the payload being the MessagePack of its recorded events.
 
-use berth_core::log::{AppendCompletion, AppendError, AppendOutcome, AppendRequest, CommitListener, EventLog, APPEND_EVENT_COUNT_MAX};
+use berth_core::log::{AppendCompletion, AppendError, AppendOutcome, AppendRequest, CommitListener, EventLog};
 use berth_core::{CommandId, Position, ReadError, RecordedEvent, StreamId, StreamVersion, EVENT_SCHEMA_VERSION};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 /// Bytes of a frame header: the payload length and its checksum.
@@ -268,22 +268,7 @@ impl LogState {
             }
         }
         let event_count = request.event_count();
-        if event_count > APPEND_EVENT_COUNT_MAX {
-            return Err(AppendError::TooManyEvents(event_count));
-        }
-        let mut seen = HashSet::new();
-        for stream in &request.streams {
-            if !stream.stream.is_valid() {
-                return Err(AppendError::InvalidStream(stream.stream.to_string()));
-            }
-            if !seen.insert(&stream.stream) {
-                return Err(AppendError::DuplicateStream(stream.stream.clone()));
-            }
-            let actual = self.stream_versions.get(&stream.stream).copied().unwrap_or(0);
-            if !stream.expected.admits(StreamVersion(actual)) {
-                return Err(AppendError::WrongExpectedVersion { stream: stream.stream.clone(), expected: stream.expected, actual });
-            }
-        }
+        request.validate(|stream| self.stream_versions.get(stream).copied().unwrap_or(0))?;
         let head = Position(self.next_position - 1);
         Ok(AppendOutcome {
             first_position: Position(self.next_position),

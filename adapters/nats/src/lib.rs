@@ -19,7 +19,7 @@ pub mod inspect;
 pub mod relay;
 pub mod stream;
 pub mod subject;
-pub mod vch;
+pub use berth_engine::vch;
 
 pub use follower::{Follower, FollowerConfig, FollowerError, FollowerStatus};
 pub use relay::{Relay, RelayConfig, RelayError, RelayState, RelayStatus};

@@ -3,8 +3,7 @@
 use crate::envelope::{decode_envelope, encode_envelope};
 use crate::verify::{scan_events, VerifyFailure};
 use berth_core::log::{
-    AppendCompletion, AppendError, AppendOutcome, AppendRequest, CommitListener, EventLog, ReadError, APPEND_EVENT_COUNT_MAX,
-    EVENT_SIZE_BYTES_MAX,
+    AppendCompletion, AppendError, AppendOutcome, AppendRequest, CommitListener, EventLog, ReadError, EVENT_SIZE_BYTES_MAX,
 };
 use berth_core::{CommandId, Position, RecordedEvent, StreamId, StreamVersion, EVENT_SCHEMA_VERSION};
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -263,7 +262,7 @@ fn commit_group(shared: &Shared, jobs: Vec<Job>) {
                 }
             }
         }
-        match validate(&request, |stream| current_version(&overlay, stream)) {
+        match request.validate(|stream| current_version(&overlay, stream)) {
             Err(error) => answers.push((done, Err(error))),
             Ok(()) => {
                 let first_position = next_position;
@@ -357,27 +356,6 @@ fn commit_group(shared: &Shared, jobs: Vec<Job>) {
             outcome
         }));
     }
-}
-
-fn validate(request: &AppendRequest, version_of: impl Fn(&StreamId) -> u64) -> Result<(), AppendError> {
-    let event_count = request.event_count();
-    if event_count > APPEND_EVENT_COUNT_MAX {
-        return Err(AppendError::TooManyEvents(event_count));
-    }
-    for (index, stream_append) in request.streams.iter().enumerate() {
-        let stream = &stream_append.stream;
-        if !stream.is_valid() || stream.key.contains('\0') {
-            return Err(AppendError::InvalidStream(stream.to_string()));
-        }
-        if request.streams[..index].iter().any(|earlier| &earlier.stream == stream) {
-            return Err(AppendError::DuplicateStream(stream.clone()));
-        }
-        let actual = version_of(stream);
-        if !stream_append.expected.admits(StreamVersion(actual)) {
-            return Err(AppendError::WrongExpectedVersion { stream: stream.clone(), expected: stream_append.expected, actual });
-        }
-    }
-    Ok(())
 }
 
 impl EventLog for RocksLog {

@@ -385,28 +385,7 @@ pub async fn load(
 
 fn save(state: &DockerState, images: Vec<(String, Vec<String>)>) -> Result<Response, ApiError> {
     let port = image_port(state)?;
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-    struct ChannelWriter(tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>);
-    impl std::io::Write for ChannelWriter {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .blocking_send(Ok(Bytes::copy_from_slice(bytes)))
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))?;
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    tokio::task::spawn_blocking(move || {
-        let mut writer = ChannelWriter(sender.clone());
-        if let Err(message) = port.save(&images, &mut writer) {
-            let _ = sender.blocking_send(Err(std::io::Error::other(message)));
-        }
-    });
-    let mut receiver = receiver;
-    let stream = futures_util::stream::poll_fn(move |context| receiver.poll_recv(context));
-    let mut response = Response::new(Body::from_stream(stream));
+    let mut response = Response::new(super::streams::streamed_body(move |out| port.save(&images, out)));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
     Ok(response)
 }

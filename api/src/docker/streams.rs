@@ -388,6 +388,12 @@ async fn copy_stdin_to_container(
         tokio::task::spawn_blocking(move || port.stdin(&id)).await
     };
     let Ok(Ok(Some(writer))) = writer else { return };
+    pump_stdin(reader, writer).await;
+}
+
+/// Copies a client's bytes into a process's stdin until the client's EOF,
+/// then drops the writer, which closes the stdin as Docker does.
+async fn pump_stdin(reader: &mut (impl tokio::io::AsyncRead + Unpin), writer: Box<dyn Write + Send>) {
     let writer = Arc::new(Mutex::new(Some(writer)));
     let mut buffer = vec![0u8; STDIN_CHUNK_BYTES];
     loop {
@@ -405,7 +411,6 @@ async fn copy_stdin_to_container(
             break;
         }
     }
-    // Dropping the writer closes the container's stdin, as Docker does on the client's EOF.
     writer.lock().take();
 }
 
@@ -623,27 +628,7 @@ pub async fn exec_start(State(state): State<DockerState>, Path(exec_id): Path<St
         let Ok(upgraded) = upgrade.await else { return };
         let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
         if let Some(stdin) = stdin {
-            let stdin = Arc::new(Mutex::new(Some(stdin)));
-            tokio::spawn(async move {
-                let mut buffer = vec![0u8; STDIN_CHUNK_BYTES];
-                loop {
-                    let count = match reader.read(&mut buffer).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(count) => count,
-                    };
-                    let chunk = buffer[..count].to_vec();
-                    let stdin = stdin.clone();
-                    let ok = tokio::task::spawn_blocking(move || {
-                        stdin.lock().as_mut().map(|w| w.write_all(&chunk).and_then(|_| w.flush()).is_ok()).unwrap_or(false)
-                    })
-                    .await
-                    .unwrap_or(false);
-                    if !ok {
-                        break;
-                    }
-                }
-                stdin.lock().take();
-            });
+            tokio::spawn(async move { pump_stdin(&mut reader, stdin).await });
         }
         while let Some(bytes) = receiver.recv().await {
             if writer.write_all(&bytes).await.is_err() {
@@ -851,7 +836,7 @@ pub async fn changes(State(state): State<DockerState>, Path(reference): Path<Str
 }
 
 /// Runs a blocking writer on its own thread and streams what it writes.
-fn streamed_body(produce: impl FnOnce(&mut dyn Write) -> Result<(), String> + Send + 'static) -> Body {
+pub(super) fn streamed_body(produce: impl FnOnce(&mut dyn Write) -> Result<(), String> + Send + 'static) -> Body {
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     struct ChannelWriter(tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>);
     impl Write for ChannelWriter {

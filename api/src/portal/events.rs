@@ -18,7 +18,6 @@
 //! client only reads further behind: the stream pulls from the log, nothing
 //! is buffered for it. Bad filters or positions get a 400 with the reason.
 
-use super::vch::VchResolver;
 use super::PortalState;
 use crate::docker::ApiError;
 use axum::extract::{Query, State};
@@ -28,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 use berth_core::ids::STREAM_KEY_LENGTH_BYTES_MAX;
 use berth_core::log::EventLog;
 use berth_core::{Position, ReadError, RecordedEvent, StreamKind};
+use berth_engine::vch::VchResolver;
 use berth_projections::DockerViews;
 use futures_util::stream;
 use std::collections::VecDeque;

@@ -10,7 +10,6 @@
 
 pub mod events;
 pub mod metrics;
-mod vch;
 
 pub use metrics::MetricsSource;
 

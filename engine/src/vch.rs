@@ -1,4 +1,5 @@
-//! Which VCH an event belongs to, for subjects and filters.
+//! Which VCH an event belongs to: for the NATS subjects of the relay and the
+//! `vch` filter of the portal's event stream (one rule, used by both).
 //!
 //! A container belongs to the VCH named in its `ContainerCreated`, the first
 //! event of its stream; a VCH stream to itself. Images, volumes and networks
