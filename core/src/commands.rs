@@ -3,7 +3,7 @@
 //! deciding stays pure).
 
 use crate::events::{ContainerSpec, VchSpec};
-use crate::ids::{CommandId, StreamVersion};
+use crate::ids::{CommandId, StreamId, StreamVersion};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -48,6 +48,23 @@ pub enum Command {
     ConfigureVch {
         name: String,
         spec: VchSpec,
+    },
+    /// Upgrades a VCH's objects to `version` (the running berth's).
+    UpgradeVch {
+        name: String,
+        version: String,
+    },
+    /// An observation: the infrastructure differs from the log (see `DriftObserved`).
+    RecordDrift {
+        stream: StreamId,
+        description: String,
+    },
+    /// An observation: an action on an object keeps failing.
+    RecordReconcileFailure {
+        stream: StreamId,
+        action: String,
+        error: String,
+        attempts: u32,
     },
     /// Deletes a VCH; without `force` it must hold no containers.
     DeleteVch {

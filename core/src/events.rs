@@ -46,6 +46,36 @@ pub struct VchSpec {
     /// CPU limit of the VCH's resource pool in MHz (0: unlimited).
     #[serde(default)]
     pub cpu_mhz_max: u64,
+    /// The vSphere user berth logs in as (the password is kept outside the log).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The target certificate's thumbprint, when it is self-signed.
+    #[serde(default)]
+    pub thumbprint: Option<String>,
+    /// The port group on which docker clients reach the VCH (vic-machine's --client-network).
+    #[serde(default)]
+    pub client_network: Option<String>,
+    /// The port group the VCH uses to reach vSphere (vic-machine's --management-network).
+    #[serde(default)]
+    pub management_network: Option<String>,
+    /// Where the VCH's own Docker API listens (`HOST:PORT`); empty for the embedded VCH.
+    #[serde(default)]
+    pub docker_listen: Option<String>,
+    /// The berth version the VCH was created with or last upgraded to.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// How the VCH's Docker API is protected: `tls` (server certificate),
+    /// `tlsverify` (clients must present certificates the VCH's CA signed),
+    /// or absent (plain HTTP on loopback). The keys themselves stay out of the log.
+    #[serde(default)]
+    pub docker_tls: Option<String>,
+}
+
+impl VchSpec {
+    /// True when the VCH's containers live on the embedded local runtime.
+    pub fn is_local(&self) -> bool {
+        self.target == "local"
+    }
 }
 
 /// A published port: `container_port/protocol` to a host address.
@@ -129,6 +159,23 @@ pub enum DomainEvent {
         spec: VchSpec,
     },
     VchDeleted,
+    /// The VCH's objects were upgraded to this berth version.
+    VchUpgraded {
+        from_version: Option<String>,
+        to_version: String,
+    },
+    /// The infrastructure was found to differ from what the log says in a way
+    /// that no command caused (a VM powered off or removed behind berth's back,
+    /// a VM that belongs to no container); the reconciler repairs it.
+    DriftObserved {
+        description: String,
+    },
+    /// The reconciler gave up retrying an action quickly: it keeps retrying slowly.
+    ReconcileFailed {
+        action: String,
+        error: String,
+        attempts: u32,
+    },
 
     ContainerCreated {
         name: String,
@@ -213,6 +260,9 @@ impl DomainEvent {
             DomainEvent::VchCreated { .. } => "VchCreated",
             DomainEvent::VchConfigured { .. } => "VchConfigured",
             DomainEvent::VchDeleted => "VchDeleted",
+            DomainEvent::VchUpgraded { .. } => "VchUpgraded",
+            DomainEvent::DriftObserved { .. } => "DriftObserved",
+            DomainEvent::ReconcileFailed { .. } => "ReconcileFailed",
             DomainEvent::ContainerCreated { .. } => "ContainerCreated",
             DomainEvent::ContainerStarted { .. } => "ContainerStarted",
             DomainEvent::ContainerStopRequested { .. } => "ContainerStopRequested",

@@ -95,6 +95,13 @@ pub trait Infrastructure: Send + Sync {
     fn signal(&self, id: &str, signal: &str) -> Result<(), InfraError>;
     fn pause(&self, id: &str) -> Result<(), InfraError>;
     fn unpause(&self, id: &str) -> Result<(), InfraError>;
-    /// Removes the container and everything it holds (idempotent).
+    /// Removes the container and everything it holds (idempotent); its
+    /// volumes stay.
     fn destroy(&self, id: &str) -> Result<(), InfraError>;
+    /// Removes what holds a removed volume's data (idempotent). Infrastructures
+    /// whose volumes live elsewhere (the local runtime's are directories that
+    /// berth's effects remove) keep the default.
+    fn remove_volume(&self, _name: &str) -> Result<(), InfraError> {
+        Ok(())
+    }
 }

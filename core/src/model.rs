@@ -286,7 +286,10 @@ impl DomainModel {
     pub fn target_stream(command: &Command) -> StreamId {
         use Command::*;
         match command {
-            CreateVch { name, .. } | ConfigureVch { name, .. } | DeleteVch { name, .. } => StreamId::new(StreamKind::Vch, name),
+            CreateVch { name, .. } | ConfigureVch { name, .. } | UpgradeVch { name, .. } | DeleteVch { name, .. } => {
+                StreamId::new(StreamKind::Vch, name)
+            }
+            RecordDrift { stream, .. } | RecordReconcileFailure { stream, .. } => stream.clone(),
             CreateContainer { id, .. }
             | StartContainer { id }
             | StopContainer { id, .. }
@@ -312,6 +315,51 @@ impl DomainModel {
         }
         let expected = self.version(&stream);
         decision.appends.push(StreamAppend { stream, expected, events: vec![event] });
+    }
+
+    /// The live object an observation is recorded on.
+    fn observed_object(&self, stream: &StreamId) -> Result<(), Rejection> {
+        let key = &stream.key;
+        let exists = stream.is_valid()
+            && match stream.kind {
+                StreamKind::Vch => self.vchs.contains_key(key),
+                StreamKind::Container => self.containers.contains_key(key),
+                StreamKind::Network => self.networks.contains_key(key),
+                StreamKind::Image => self.images.contains_key(key),
+                StreamKind::Volume => self.volumes.contains_key(key),
+            };
+        if exists {
+            Ok(())
+        } else {
+            Err(not_found(stream.kind.as_str(), key))
+        }
+    }
+
+    /// Refuses a start that would take the VCH's running containers past its
+    /// memory limit, the way vSphere's admission control refuses a power-on
+    /// in a full resource pool, but before anything is tried.
+    fn check_vch_memory(&self, starting: &ContainerState) -> Result<(), Rejection> {
+        let Some(vch) = self.vchs.get(&starting.vch) else {
+            return Ok(());
+        };
+        let limit_mib = vch.spec.memory_mib_max;
+        if limit_mib == 0 {
+            return Ok(());
+        }
+        let running_mib: u64 = self
+            .containers
+            .values()
+            .filter(|c| c.vch == starting.vch && c.status.is_running() && c.id != starting.id)
+            .map(container_memory_mib)
+            .sum();
+        let wanted_mib = container_memory_mib(starting);
+        if running_mib + wanted_mib > limit_mib {
+            return Err(Rejection::LimitReached(format!(
+                "VCH {} has {} MiB of memory; its running containers use {running_mib} MiB and container {} needs {wanted_mib} MiB",
+                starting.vch, limit_mib, starting.name
+            )));
+        }
+        Ok(())
     }
 
     fn container(&self, id: &str) -> Result<&ContainerState, Rejection> {
@@ -367,6 +415,31 @@ impl DomainModel {
                     self.append(decision, StreamId::new(StreamKind::Vch, name), DomainEvent::VchConfigured { spec: spec.clone() });
                 }
             }
+            UpgradeVch { name, version } => {
+                let vch = self.vchs.get(name).ok_or_else(|| not_found("vch", name))?;
+                if version.trim().is_empty() {
+                    return Err(Rejection::InvalidArgument("the version to upgrade to is empty".to_string()));
+                }
+                if vch.spec.version.as_deref() != Some(version.as_str()) {
+                    self.append(
+                        decision,
+                        StreamId::new(StreamKind::Vch, name),
+                        DomainEvent::VchUpgraded { from_version: vch.spec.version.clone(), to_version: version.clone() },
+                    );
+                }
+            }
+            RecordDrift { stream, description } => {
+                self.observed_object(stream)?;
+                self.append(decision, stream.clone(), DomainEvent::DriftObserved { description: description.clone() });
+            }
+            RecordReconcileFailure { stream, action, error, attempts } => {
+                self.observed_object(stream)?;
+                self.append(
+                    decision,
+                    stream.clone(),
+                    DomainEvent::ReconcileFailed { action: action.clone(), error: error.clone(), attempts: *attempts },
+                );
+            }
             DeleteVch { name, force } => {
                 self.vchs.get(name).ok_or_else(|| not_found("vch", name))?;
                 let members: Vec<&ContainerState> = self.containers.values().filter(|c| &c.vch == name).collect();
@@ -379,6 +452,12 @@ impl DomainModel {
                 }
                 for container in members {
                     self.remove_container_into(container, decision);
+                }
+                // The VCH's container networks go with it.
+                for network in self.networks.values() {
+                    if network.driver == EXTERNAL_NETWORK_DRIVER && network.labels.get(LABEL_VCH) == Some(name) {
+                        self.append(decision, StreamId::new(StreamKind::Network, &network.id), DomainEvent::NetworkRemoved);
+                    }
                 }
                 self.append(decision, StreamId::new(StreamKind::Vch, name), DomainEvent::VchDeleted);
             }
@@ -422,7 +501,7 @@ impl DomainModel {
                 );
                 if let Some(network) = network {
                     if !matches!(network.driver.as_str(), "host" | "null") {
-                        let address = self.allocate_address(network, None)?;
+                        let address = self.endpoint_address(network, None, vch)?;
                         self.append(
                             decision,
                             StreamId::new(StreamKind::Network, &network.id),
@@ -435,6 +514,7 @@ impl DomainModel {
                 let container = self.container(id)?;
                 match container.status {
                     ContainerStatus::Created | ContainerStatus::Exited => {
+                        self.check_vch_memory(container)?;
                         self.append(
                             decision,
                             StreamId::new(StreamKind::Container, id),
@@ -633,8 +713,24 @@ impl DomainModel {
                 if self.versions.contains_key(&StreamId::new(StreamKind::Network, id)) {
                     return Err(Rejection::AlreadyExists { kind: "network", id: id.clone() });
                 }
-                if !matches!(driver.as_str(), "bridge" | "host" | "null") {
+                if !matches!(driver.as_str(), "bridge" | "host" | "null" | EXTERNAL_NETWORK_DRIVER) {
                     return Err(Rejection::InvalidArgument(format!("network driver {driver:?} is not supported")));
+                }
+                if driver == EXTERNAL_NETWORK_DRIVER {
+                    let vch = labels.get(LABEL_VCH).ok_or_else(|| {
+                        Rejection::InvalidArgument(format!("an {EXTERNAL_NETWORK_DRIVER} network needs the label {LABEL_VCH}"))
+                    })?;
+                    self.vchs.get(vch).ok_or_else(|| not_found("vch", vch))?;
+                    if labels.get(LABEL_PORT_GROUP).is_none_or(|port_group| port_group.is_empty()) {
+                        return Err(Rejection::InvalidArgument(format!(
+                            "an {EXTERNAL_NETWORK_DRIVER} network needs the label {LABEL_PORT_GROUP}"
+                        )));
+                    }
+                    if !subnet.is_empty() {
+                        return Err(Rejection::InvalidArgument(format!(
+                            "an {EXTERNAL_NETWORK_DRIVER} network takes its addresses from its port group, not subnet {subnet}"
+                        )));
+                    }
                 }
                 if driver == "bridge" {
                     let parsed = Ipv4Subnet::parse(subnet)
@@ -695,7 +791,7 @@ impl DomainModel {
                 if matches!(network.driver.as_str(), "host" | "null") {
                     return Err(Rejection::Forbidden(format!("container cannot be connected to network {}", network.name)));
                 }
-                let address = self.allocate_address(network, ipv4_address.as_deref())?;
+                let address = self.endpoint_address(network, ipv4_address.as_deref(), &container.vch)?;
                 self.append(
                     decision,
                     StreamId::new(StreamKind::Network, network_id),
@@ -753,6 +849,26 @@ impl DomainModel {
         self.append(decision, StreamId::new(StreamKind::Image, id), DomainEvent::ImageTagged { reference: reference.to_string() });
     }
 
+    /// The address a container gets on `network`: allocated from a bridge
+    /// network's subnet; empty on a container network, whose port group
+    /// assigns it (DHCP), and only for containers of the network's VCH.
+    fn endpoint_address(&self, network: &NetworkState, requested: Option<&str>, container_vch: &str) -> Result<String, Rejection> {
+        if network.driver != EXTERNAL_NETWORK_DRIVER {
+            return self.allocate_address(network, requested);
+        }
+        let owner = network.labels.get(LABEL_VCH).map(String::as_str).unwrap_or_default();
+        if owner != container_vch {
+            return Err(Rejection::InvalidArgument(format!(
+                "network {} is a container network of VCH {owner}; this container belongs to VCH {container_vch}",
+                network.name
+            )));
+        }
+        if requested.is_some_and(|address| !address.is_empty()) {
+            return Err(Rejection::InvalidArgument(format!("network {} assigns addresses itself (DHCP on its port group)", network.name)));
+        }
+        Ok(String::new())
+    }
+
     fn allocate_address(&self, network: &NetworkState, requested: Option<&str>) -> Result<String, Rejection> {
         let subnet = Ipv4Subnet::parse(&network.subnet)
             .ok_or_else(|| Rejection::InvalidArgument(format!("network {} has no IPv4 subnet", network.name)))?;
@@ -792,6 +908,13 @@ impl DomainModel {
             DomainEvent::VchDeleted => {
                 self.vchs.remove(key);
             }
+            DomainEvent::VchUpgraded { to_version, .. } => {
+                if let Some(vch) = self.vchs.get_mut(key) {
+                    vch.spec.version = Some(to_version.clone());
+                }
+            }
+            // Observations: in the audit trail and the views, not in the rules.
+            DomainEvent::DriftObserved { .. } | DomainEvent::ReconcileFailed { .. } => {}
             DomainEvent::ContainerCreated { name, vch, image_id, spec, created_ms } => {
                 self.container_names.insert(name.clone(), key.clone());
                 self.containers.insert(
@@ -998,7 +1121,8 @@ impl DomainModel {
                 if !self.containers.contains_key(container_id) {
                     return Err(format!("network {} has an endpoint for removed container {container_id}", network.name));
                 }
-                if !seen.insert(address) {
+                // Container networks' addresses come from the port group (DHCP): empty here.
+                if !address.is_empty() && !seen.insert(address) {
                     return Err(format!("network {} gives {address} twice", network.name));
                 }
                 if let (Some(subnet), Some(parsed)) = (subnet, parse_ipv4(address)) {
@@ -1019,3 +1143,26 @@ fn validate_image_id(id: &str) -> Result<(), Rejection> {
     }
     Ok(())
 }
+
+/// The memory a container's VM gets: its `--memory`, rounded up to whole MiB,
+/// or [`CONTAINER_MEMORY_MIB_DEFAULT`].
+pub fn container_memory_mib(container: &ContainerState) -> u64 {
+    let bytes = container.spec.host.memory_bytes;
+    if bytes > 0 {
+        (bytes as u64).div_ceil(1024 * 1024)
+    } else {
+        CONTAINER_MEMORY_MIB_DEFAULT
+    }
+}
+
+/// The memory of a container VM started without `--memory` (VIC used 2 GiB;
+/// berth's container VMs boot a smaller kernel).
+pub const CONTAINER_MEMORY_MIB_DEFAULT: u64 = 512;
+
+/// The driver of a container network: a vSphere port group offered to a
+/// VCH's containers under an alias (vic-machine's --container-network).
+pub const EXTERNAL_NETWORK_DRIVER: &str = "external";
+/// The label naming the VCH a container network belongs to.
+pub const LABEL_VCH: &str = "berth.vch";
+/// The label naming a container network's port group.
+pub const LABEL_PORT_GROUP: &str = "berth.port_group";

@@ -414,3 +414,150 @@ fn references_are_kept_in_their_familiar_form() {
     let events = scenario.when(Command::TagImage { id: IMAGE.into(), reference: "docker.io/library/spare:1".into() }).unwrap();
     assert_eq!(events, vec![(format!("image/{IMAGE}"), DomainEvent::ImageTagged { reference: "spare:1".into() })]);
 }
+
+fn limited_vch(memory_mib_max: u64) -> Command {
+    Command::CreateVch {
+        name: "default".into(),
+        spec: VchSpec { target: "https://vc.example/sdk".into(), memory_mib_max, ..VchSpec::default() },
+    }
+}
+
+fn create_with_memory(id: &str, name: &str, memory_bytes: i64) -> Command {
+    Command::CreateContainer {
+        id: id.into(),
+        name: name.into(),
+        vch: "default".into(),
+        image_id: IMAGE.into(),
+        spec: ContainerSpec { image: "busybox".into(), host: HostSpec { memory_bytes, ..HostSpec::default() }, ..ContainerSpec::default() },
+    }
+}
+
+#[test]
+fn the_vch_memory_limit_counts_running_containers_only() {
+    let mib = 1024 * 1024;
+    let scenario = given(&[
+        limited_vch(1024),
+        bridge(),
+        image(),
+        create_with_memory("c1", "one", 512 * mib),
+        create_with_memory("c2", "two", 0),
+        create_with_memory("c3", "three", 1),
+        Command::StartContainer { id: "c1".into() },
+    ]);
+    // 512 MiB running; a default container (512 MiB) fits exactly.
+    assert!(scenario.when(Command::StartContainer { id: "c2".into() }).is_ok());
+    let full = given(&[
+        limited_vch(1024),
+        bridge(),
+        image(),
+        create_with_memory("c1", "one", 512 * mib),
+        create_with_memory("c2", "two", 0),
+        create_with_memory("c3", "three", 1),
+        Command::StartContainer { id: "c1".into() },
+        Command::StartContainer { id: "c2".into() },
+    ]);
+    // One byte rounds up to a whole MiB, which no longer fits.
+    rejected_with(full.when(Command::StartContainer { id: "c3".into() }), "limit_reached");
+    // Stopped containers do not count.
+    let stopped = given(&[
+        limited_vch(1024),
+        bridge(),
+        image(),
+        create_with_memory("c1", "one", 1024 * mib),
+        create_with_memory("c2", "two", 0),
+        Command::StartContainer { id: "c1".into() },
+        Command::RecordContainerExited { id: "c1".into(), exit_code: 0 },
+    ]);
+    assert!(stopped.when(Command::StartContainer { id: "c2".into() }).is_ok());
+}
+
+#[test]
+fn upgrades_record_the_version_once() {
+    let scenario = given(&[limited_vch(0)]);
+    let events = scenario.when(Command::UpgradeVch { name: "default".into(), version: "1.2.3".into() }).unwrap();
+    assert_eq!(events, vec![("vch/default".to_string(), DomainEvent::VchUpgraded { from_version: None, to_version: "1.2.3".into() })]);
+    let upgraded = given(&[limited_vch(0), Command::UpgradeVch { name: "default".into(), version: "1.2.3".into() }]);
+    assert_eq!(upgraded.model.vchs["default"].spec.version.as_deref(), Some("1.2.3"));
+    assert_eq!(upgraded.when(Command::UpgradeVch { name: "default".into(), version: "1.2.3".into() }).unwrap(), vec![]);
+    rejected_with(scenario.when(Command::UpgradeVch { name: "nope".into(), version: "1.2.3".into() }), "not_found");
+    rejected_with(scenario.when(Command::UpgradeVch { name: "default".into(), version: " ".into() }), "invalid_argument");
+}
+
+#[test]
+fn observations_are_recorded_on_live_objects_only() {
+    let scenario = given(&base());
+    let stream = StreamId::new(StreamKind::Vch, "default");
+    let events = scenario.when(Command::RecordDrift { stream: stream.clone(), description: "a stray VM".into() }).unwrap();
+    assert_eq!(events, vec![("vch/default".to_string(), DomainEvent::DriftObserved { description: "a stray VM".into() })]);
+    let failure = Command::RecordReconcileFailure {
+        stream: StreamId::new(StreamKind::Container, "gone"),
+        action: "provision".into(),
+        error: "no space".into(),
+        attempts: 8,
+    };
+    rejected_with(scenario.when(failure), "not_found");
+    let drift_on_missing_vch = Command::RecordDrift { stream: StreamId::new(StreamKind::Vch, "other"), description: "x".into() };
+    rejected_with(scenario.when(drift_on_missing_vch), "not_found");
+}
+
+#[test]
+fn container_networks_belong_to_their_vch() {
+    let labels =
+        |vch: &str| BTreeMap::from([("berth.vch".to_string(), vch.to_string()), ("berth.port_group".to_string(), "pg".to_string())]);
+    let external = |id: &str, name: &str, vch: &str| Command::CreateNetwork {
+        id: id.into(),
+        name: name.into(),
+        driver: "external".into(),
+        subnet: String::new(),
+        gateway: String::new(),
+        internal: false,
+        labels: labels(vch),
+    };
+    let other_vch = Command::CreateVch { name: "other".into(), spec: VchSpec { target: "https://vc/sdk".into(), ..VchSpec::default() } };
+    let scenario = given(&with(base(), &[other_vch.clone(), external("n-ext", "public", "other")]));
+    // A container of another VCH cannot join it.
+    let mut local = create("c1", "one");
+    if let Command::CreateContainer { spec, .. } = &mut local {
+        spec.host.network_mode = "public".into();
+    }
+    rejected_with(scenario.when(local), "invalid_argument");
+    // One of its own VCH joins it without an address (the port group's DHCP gives one).
+    let own = Command::CreateContainer {
+        id: "c2".into(),
+        name: "two".into(),
+        vch: "other".into(),
+        image_id: IMAGE.into(),
+        spec: ContainerSpec {
+            image: "busybox".into(),
+            host: HostSpec { network_mode: "public".into(), ..HostSpec::default() },
+            ..ContainerSpec::default()
+        },
+    };
+    let events = scenario.when(own.clone()).unwrap();
+    assert!(events.contains(&(
+        "network/n-ext".to_string(),
+        DomainEvent::NetworkContainerConnected { container_id: "c2".into(), ipv4_address: String::new() }
+    )));
+    // Two containers on it are fine (no address conflict), and deleting the VCH removes it.
+    let own_two = Command::CreateContainer {
+        id: "c3".into(),
+        name: "three".into(),
+        vch: "other".into(),
+        image_id: IMAGE.into(),
+        spec: ContainerSpec {
+            image: "busybox".into(),
+            host: HostSpec { network_mode: "public".into(), ..HostSpec::default() },
+            ..ContainerSpec::default()
+        },
+    };
+    let full = given(&with(base(), &[other_vch, external("n-ext", "public", "other"), own, own_two]));
+    let deleted = full.when(Command::DeleteVch { name: "other".into(), force: true }).unwrap();
+    assert!(deleted.contains(&("network/n-ext".to_string(), DomainEvent::NetworkRemoved)), "{deleted:?}");
+    // It needs its labels, an existing VCH and no subnet.
+    rejected_with(scenario.when(external("n-2", "xx", "nope")), "not_found");
+    let mut no_port_group = external("n-3", "yy", "other");
+    if let Command::CreateNetwork { labels, .. } = &mut no_port_group {
+        labels.remove("berth.port_group");
+    }
+    rejected_with(scenario.when(no_port_group), "invalid_argument");
+}

@@ -166,6 +166,13 @@ pub fn summarize(stream: &StreamId, event: &DomainEvent) -> String {
         DomainEvent::VchCreated { name, spec } => format!("created VCH {name} on {}", spec.target),
         DomainEvent::VchConfigured { spec } => format!("configured VCH {key} (target {}, at most {} containers)", spec.target, spec.container_count_max),
         DomainEvent::VchDeleted => format!("deleted VCH {key}"),
+        DomainEvent::VchUpgraded { from_version, to_version } => {
+            format!("upgraded VCH {key} from {} to {to_version}", from_version.as_deref().unwrap_or("an unversioned release"))
+        }
+        DomainEvent::DriftObserved { description } => format!("observed drift of {} {key}: {description}", stream.kind.as_str()),
+        DomainEvent::ReconcileFailed { action, error, attempts } => {
+            format!("{action} failed {attempts} times, retrying slowly: {error}")
+        }
         DomainEvent::ContainerCreated { name, vch, image_id, .. } => format!("created container {name} ({key}) in VCH {vch} from image {image_id}"),
         DomainEvent::ContainerStarted { .. } => format!("started container {key}"),
         DomainEvent::ContainerStopRequested { timeout_s } => match timeout_s {

@@ -23,7 +23,7 @@ use berth_core::infrastructure::{
     ContainerPlan, InfraError, Infrastructure, NetworkPlan, ObservedContainer, ObservedPower, PlannedNetwork,
 };
 use berth_core::model::{ContainerState, ContainerStatus, DomainModel, Ipv4Subnet, NetworkState};
-use berth_core::{Clock, Command, CommandEnvelope, CommandId, DomainEvent, Position, ReadError, RecordedEvent, StreamKind};
+use berth_core::{Clock, Command, CommandEnvelope, CommandId, DomainEvent, Position, ReadError, RecordedEvent, StreamId, StreamKind};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -109,6 +109,11 @@ pub struct DesiredState {
     stop_orders: HashMap<String, StopOrder>,
     removed_vchs: BTreeSet<String>,
     removed_networks: BTreeSet<String>,
+    /// Containers removed in the log whose VMs may still exist: destroying
+    /// one of these is cleanup, destroying any other unknown VM is drift.
+    removed_containers: BTreeSet<String>,
+    /// Volumes removed in the log whose data may still exist.
+    removed_volumes: BTreeSet<String>,
 }
 
 impl DesiredState {
@@ -124,8 +129,15 @@ impl DesiredState {
         self.position = recorded.position;
         let key = &recorded.stream.key;
         match (&recorded.event, recorded.stream.kind) {
-            (DomainEvent::ContainerStarted { .. } | DomainEvent::ContainerRemoved, StreamKind::Container) => {
+            (DomainEvent::ContainerStarted { .. }, StreamKind::Container) => {
                 self.stop_orders.remove(key);
+            }
+            (DomainEvent::ContainerRemoved, StreamKind::Container) => {
+                self.stop_orders.remove(key);
+                self.removed_containers.insert(key.clone());
+            }
+            (DomainEvent::ContainerCreated { .. }, StreamKind::Container) => {
+                self.removed_containers.remove(key);
             }
             (DomainEvent::ContainerStopRequested { timeout_s }, StreamKind::Container) => {
                 if let Some(container) = self.model.containers.get(key) {
@@ -148,6 +160,12 @@ impl DesiredState {
             }
             (DomainEvent::NetworkRemoved, StreamKind::Network) => {
                 self.removed_networks.insert(key.clone());
+            }
+            (DomainEvent::VolumeCreated { .. }, StreamKind::Volume) => {
+                self.removed_volumes.remove(key);
+            }
+            (DomainEvent::VolumeRemoved, StreamKind::Volume) => {
+                self.removed_volumes.insert(key.clone());
             }
             _ => {}
         }
@@ -201,6 +219,26 @@ impl DesiredState {
     pub fn forget_removed_network(&mut self, id: &str) {
         self.removed_networks.remove(id);
     }
+
+    /// Volumes removed in the log whose data may still exist.
+    pub fn removed_volumes(&self) -> &BTreeSet<String> {
+        &self.removed_volumes
+    }
+
+    /// The volume's data is gone from the infrastructure.
+    pub fn forget_removed_volume(&mut self, name: &str) {
+        self.removed_volumes.remove(name);
+    }
+
+    /// Containers removed in the log whose VMs may still exist.
+    pub fn removed_containers(&self) -> &BTreeSet<String> {
+        &self.removed_containers
+    }
+
+    /// Keeps only the removed containers that the infrastructure still holds.
+    pub fn retain_removed_containers(&mut self, still_present: impl Fn(&str) -> bool) {
+        self.removed_containers.retain(|id| still_present(id));
+    }
 }
 
 /// The observed state. Containers come from the inventory on every round;
@@ -221,6 +259,7 @@ pub struct ObservedState {
 pub enum ObjectKey {
     Vch(String),
     Network(String),
+    Volume(String),
     Container(String),
 }
 
@@ -238,6 +277,10 @@ pub enum Action {
     EnsureNetwork(NetworkPlan),
     RemoveNetwork {
         id: String,
+    },
+    /// Only once no container of this infrastructure mounts it.
+    RemoveVolume {
+        name: String,
     },
     /// Only once its VCH and networks are ensured.
     Provision(Box<ContainerPlan>),
@@ -273,6 +316,7 @@ impl Action {
             Action::EnsureVch { name, .. } | Action::RemoveVch { name } => ObjectKey::Vch(name.clone()),
             Action::EnsureNetwork(network) => ObjectKey::Network(network.id.clone()),
             Action::RemoveNetwork { id } => ObjectKey::Network(id.clone()),
+            Action::RemoveVolume { name } => ObjectKey::Volume(name.clone()),
             Action::Provision(plan) => ObjectKey::Container(plan.id.clone()),
             Action::PowerOn { id, .. }
             | Action::PowerOff { id, .. }
@@ -290,6 +334,7 @@ impl Action {
             Action::RemoveVch { name } => format!("remove VCH {name}"),
             Action::EnsureNetwork(network) => format!("ensure network {}", network.id),
             Action::RemoveNetwork { id } => format!("remove network {id}"),
+            Action::RemoveVolume { name } => format!("remove volume {name}"),
             Action::Provision(plan) => format!("provision container {}", plan.id),
             Action::PowerOn { id, generation } => format!("power on container {id} (generation {generation})"),
             Action::PowerOff { id, signal, timeout_s } => format!("power off container {id} ({signal}, {timeout_s} s)"),
@@ -371,6 +416,17 @@ pub fn plan(desired: &DesiredState, observed: &ObservedState, served: &ServedVch
     for id in desired.removed_networks() {
         if !model.networks.contains_key(id) {
             actions.push(Action::RemoveNetwork { id: id.clone() });
+        }
+    }
+    if !desired.removed_volumes().is_empty() {
+        // A removed volume can still be mounted by a VM whose container is
+        // gone from the log but not yet destroyed: its data goes after the VM.
+        let destroying: BTreeSet<&str> =
+            observed.containers.keys().filter(|id| !model.containers.contains_key(*id)).map(String::as_str).collect();
+        for name in desired.removed_volumes() {
+            if !model.volumes.contains_key(name) && destroying.is_empty() {
+                actions.push(Action::RemoveVolume { name: name.clone() });
+            }
         }
     }
     for name in desired.removed_vchs() {
@@ -482,6 +538,9 @@ struct DriverState {
     backoffs: BTreeMap<ObjectKey, Backoff>,
     inventory_failure_count: u32,
     inventory_next_attempt_ms: u64,
+    /// Containers the log still has whose VMs were in an earlier inventory
+    /// and are missing from a later one: provisioning them again is drift.
+    vanished: BTreeSet<String>,
 }
 
 /// Executes plans against one [`Infrastructure`]; see the module docs.
@@ -493,6 +552,8 @@ pub struct Reconciler {
     state: Mutex<DriverState>,
     /// Containers whose exit record is in the bus, not yet answered.
     recording: Arc<Mutex<BTreeSet<String>>>,
+    /// How many actions of one tick run at once (on different objects).
+    parallelism: usize,
 }
 
 /// The delay before the `failure_count`-th retry (counting from 1).
@@ -520,7 +581,17 @@ impl Reconciler {
             actor: actor.into(),
             state: Mutex::new(DriverState::default()),
             recording: Arc::new(Mutex::new(BTreeSet::new())),
+            parallelism: 1,
         }
+    }
+
+    /// Runs up to `parallelism` actions of a tick at once, on different
+    /// objects (the plan has at most one action per object). For
+    /// infrastructures whose calls wait on a remote (vSphere); the simulator
+    /// keeps 1, which executes in plan order.
+    pub fn with_parallelism(mut self, parallelism: usize) -> Reconciler {
+        self.parallelism = parallelism.max(1);
+        self
     }
 
     pub fn served(&self) -> &ServedVchs {
@@ -563,7 +634,17 @@ impl Reconciler {
         match self.infrastructure.inventory() {
             Ok(containers) => {
                 state.inventory_failure_count = 0;
-                state.observed.containers = containers.into_iter().map(|container| (container.id.clone(), container)).collect();
+                let observed: BTreeMap<String, ObservedContainer> =
+                    containers.into_iter().map(|container| (container.id.clone(), container)).collect();
+                for id in state.observed.containers.keys() {
+                    if !observed.contains_key(id) && state.desired.model().containers.contains_key(id) {
+                        state.vanished.insert(id.clone());
+                    }
+                }
+                let model = state.desired.model();
+                state.vanished.retain(|id| model.containers.contains_key(id) && !observed.contains_key(id));
+                state.desired.retain_removed_containers(|id| observed.contains_key(id));
+                state.observed.containers = observed;
             }
             Err(error) => {
                 state.inventory_failure_count = state.inventory_failure_count.saturating_add(1);
@@ -578,6 +659,7 @@ impl Reconciler {
 
         let actions = plan(&state.desired, &state.observed, &self.served);
         report.planned_action_count = actions.len();
+        let mut due = Vec::new();
         for action in actions {
             let key = action.object();
             if let Some(backoff) = state.backoffs.get(&key) {
@@ -599,7 +681,20 @@ impl Reconciler {
                 }
             }
             report.executed_action_count += 1;
-            match self.execute(&action) {
+            if !state.backoffs.contains_key(&key) {
+                if let Some((stream, description)) = drift_of(state, &action) {
+                    self.record_observation(Command::RecordDrift { stream, description }, None);
+                }
+            }
+            if let Action::Provision(plan) = &action {
+                state.vanished.remove(&plan.id);
+            }
+            due.push(action);
+        }
+        let results = self.execute_all(&due);
+        for (action, result) in due.into_iter().zip(results) {
+            let key = action.object();
+            match result {
                 Ok(()) => {
                     state.backoffs.remove(&key);
                     remember_success(state, &action);
@@ -635,11 +730,54 @@ impl Reconciler {
         Ok(log.head() <= desired.position())
     }
 
+    /// Executes `actions` (each on a different object), `parallelism` at a
+    /// time; the results come back in the order of `actions`.
+    fn execute_all(&self, actions: &[Action]) -> Vec<Result<(), ReconcileError>> {
+        if self.parallelism <= 1 || actions.len() <= 1 {
+            return actions.iter().map(|action| self.execute(action)).collect();
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Vec<Mutex<Option<Result<(), ReconcileError>>>> = actions.iter().map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..self.parallelism.min(actions.len()) {
+                scope.spawn(|| loop {
+                    let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(action) = actions.get(index) else { break };
+                    *results[index].lock() = Some(self.execute(action));
+                });
+            }
+        });
+        results
+            .into_iter()
+            .map(|result| {
+                result.into_inner().unwrap_or_else(|| {
+                    Err(ReconcileError::Action { action: "an action".to_string(), error: InfraError::Transient("not run".to_string()) })
+                })
+            })
+            .collect()
+    }
+
     fn back_off(&self, state: &mut DriverState, now_ms: u64, key: ObjectKey, action: Action, error: ReconcileError) -> ActionFailure {
         let previous = state.backoffs.get(&key).filter(|backoff| backoff.action == action).map_or(0, |b| b.failure_count);
         let failure_count = previous.saturating_add(1);
         let permanent = matches!(error, ReconcileError::Action { error: InfraError::Permanent(_), .. });
         let parked = permanent || failure_count >= ATTEMPT_COUNT_MAX;
+        // Parking is worth an event, once: the object's stream then says why
+        // the infrastructure does not follow the log (Docker's State.Error).
+        let newly_parked = if permanent { previous == 0 } else { failure_count == ATTEMPT_COUNT_MAX };
+        if newly_parked {
+            if let Some(stream) = object_stream(&key) {
+                let action_text = action.describe();
+                let error_text = match &error {
+                    ReconcileError::Action { error, .. } => error.to_string(),
+                    other => other.to_string(),
+                };
+                self.record_observation(
+                    Command::RecordReconcileFailure { stream, action: action_text, error: error_text, attempts: failure_count },
+                    None,
+                );
+            }
+        }
         let delay_ms = if parked { PARKED_RETRY_MS } else { backoff_delay_ms(failure_count) };
         if parked {
             tracing::error!(%error, failure_count, delay_ms, "reconcile action parked");
@@ -657,6 +795,7 @@ impl Reconciler {
             Action::RemoveVch { name } => tolerate_missing(infrastructure.remove_vch(name)),
             Action::EnsureNetwork(network) => infrastructure.ensure_network(network),
             Action::RemoveNetwork { id } => tolerate_missing(infrastructure.remove_network(id)),
+            Action::RemoveVolume { name } => tolerate_missing(infrastructure.remove_volume(name)),
             Action::Provision(plan) => infrastructure.provision(plan),
             Action::PowerOn { id, generation } => {
                 let result = infrastructure.power_on(id, *generation);
@@ -695,6 +834,23 @@ impl Reconciler {
                 recording.lock().remove(&container_id);
                 if let Err(error) = result {
                     tracing::warn!(%error, container = %container_id, "recording a container's exit failed; the next round retries");
+                }
+            }),
+        );
+    }
+
+    /// Submits an observation (drift, a parked action) without waiting; a
+    /// rejection (the object was removed meanwhile) is only logged.
+    fn record_observation(&self, command: Command, command_id: Option<CommandId>) {
+        let mut envelope = CommandEnvelope::new(self.actor.clone(), command);
+        if let Some(command_id) = command_id {
+            envelope = envelope.with_id(command_id);
+        }
+        self.bus.submit(
+            envelope,
+            Box::new(|result: Result<CommandOutcome, CommandError>| {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "an observation was not recorded");
                 }
             }),
         );
@@ -749,6 +905,45 @@ impl Reconciler {
     }
 }
 
+/// The stream an object's observations are recorded on.
+fn object_stream(key: &ObjectKey) -> Option<StreamId> {
+    Some(match key {
+        ObjectKey::Vch(name) => StreamId::new(StreamKind::Vch, name),
+        ObjectKey::Network(id) => StreamId::new(StreamKind::Network, id),
+        ObjectKey::Volume(name) => StreamId::new(StreamKind::Volume, name),
+        ObjectKey::Container(id) => StreamId::new(StreamKind::Container, id),
+    })
+}
+
+/// The drift an action repairs, if it repairs one: the infrastructure
+/// changed in a way no command asked for. Judged on the action's first
+/// attempt only, so a retried repair is reported once.
+fn drift_of(state: &DriverState, action: &Action) -> Option<(StreamId, String)> {
+    let model = state.desired.model();
+    match action {
+        Action::Destroy { id } if !state.desired.removed_containers().contains(id) && !model.containers.contains_key(id) => {
+            let vch = state.observed.containers.get(id).map(|observed| observed.vch.clone())?;
+            model.vchs.contains_key(&vch).then(|| {
+                (StreamId::new(StreamKind::Vch, &vch), format!("found a VM for container {id}, which the log does not know: destroying it"))
+            })
+        }
+        Action::Provision(plan) if state.vanished.contains(&plan.id) => Some((
+            StreamId::new(StreamKind::Container, &plan.id),
+            "its VM disappeared from the infrastructure: provisioning it again".to_string(),
+        )),
+        Action::PowerOff { id, .. } => {
+            let container = model.containers.get(id)?;
+            (!container.status.is_running()).then(|| {
+                (
+                    StreamId::new(StreamKind::Container, id),
+                    format!("found running while the log says {}: powering it off", container.status.as_docker_str()),
+                )
+            })
+        }
+        _ => None,
+    }
+}
+
 /// Removing what is already gone is success: removals are idempotent.
 fn tolerate_missing(result: Result<(), InfraError>) -> Result<(), InfraError> {
     match result {
@@ -772,6 +967,9 @@ fn remember_success(state: &mut DriverState, action: &Action) {
         Action::RemoveNetwork { id } => {
             state.observed.networks.remove(id);
             state.desired.forget_removed_network(id);
+        }
+        Action::RemoveVolume { name } => {
+            state.desired.forget_removed_volume(name);
         }
         // Containers are observed afresh from the inventory on every round.
         _ => {}

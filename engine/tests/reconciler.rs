@@ -235,6 +235,115 @@ fn an_unreachable_infrastructure_is_reported_and_retried_without_hanging() {
     world.run_until_converged(BACKOFF_MS_MIN);
 }
 
+impl World {
+    fn events_of_type(&self, type_name: &str) -> Vec<berth_core::RecordedEvent> {
+        self.log.read_all(Default::default(), 10_000).unwrap().into_iter().filter(|e| e.event.type_name() == type_name).collect()
+    }
+}
+
+#[test]
+fn parking_an_action_records_why_on_the_object_once() {
+    let world = world();
+    world.setup();
+    world.infra.set_script(Script::Fail(InfraError::Permanent("no space".into())));
+    world.reconciler.tick(0);
+    world.log.flush();
+    world.reconciler.tick(PARKED_RETRY_MS);
+    world.log.flush();
+    let failures = world.events_of_type("ReconcileFailed");
+    assert_eq!(failures.len(), 1, "recorded once, not at every slow retry");
+    assert_eq!(failures[0].stream.to_string(), "vch/vch-a");
+    match &failures[0].event {
+        DomainEvent::ReconcileFailed { error, attempts, .. } => {
+            assert!(error.contains("no space"), "{error}");
+            assert_eq!(*attempts, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn transient_failures_are_recorded_when_they_park() {
+    let world = world();
+    world.setup();
+    world.infra.set_script(Script::Fail(InfraError::Transient("busy".into())));
+    let mut now_ms = 0;
+    for _ in 0..ATTEMPT_COUNT_MAX {
+        let report = world.reconciler.tick(now_ms);
+        world.log.flush();
+        now_ms = report.next_due_ms.unwrap();
+    }
+    let failures = world.events_of_type("ReconcileFailed");
+    assert_eq!(failures.len(), 1);
+    assert!(matches!(failures[0].event, DomainEvent::ReconcileFailed { attempts, .. } if attempts == ATTEMPT_COUNT_MAX));
+}
+
+#[test]
+fn repairs_of_drift_are_recorded_and_cleanup_is_not() {
+    let world = world();
+    world.setup();
+    world.container("c1", "vch-a");
+    world.container("c2", "vch-a");
+    world.command(Command::StartContainer { id: "c1".into() });
+    world.run_until_converged(0);
+    // A VM the log never had, and a VM that vanished: both are drift.
+    world.infra.vms.lock().insert("stray".into(), Vm { vch: "vch-a".into(), generation: 1, power: ObservedPower::Running });
+    world.infra.vms.lock().remove("c2");
+    world.run_until_converged(1_000);
+    // A container removed through the API: its destroy is cleanup, not drift.
+    world.command(Command::RemoveContainer { id: "c1".into(), force: true });
+    world.run_until_converged(2_000);
+    let drift: Vec<(String, String)> = world
+        .events_of_type("DriftObserved")
+        .into_iter()
+        .map(|e| match e.event {
+            DomainEvent::DriftObserved { description } => (e.stream.to_string(), description),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(drift.len(), 2, "{drift:?}");
+    assert!(drift.iter().any(|(stream, text)| stream == "vch/vch-a" && text.contains("stray")), "{drift:?}");
+    assert!(drift.iter().any(|(stream, text)| stream == "container/c2" && text.contains("disappeared")), "{drift:?}");
+    assert!(world.vm("c2").is_some(), "the vanished VM was provisioned again");
+    assert!(world.vm("stray").is_none() && world.vm("c1").is_none());
+}
+
+#[test]
+fn a_vm_running_against_the_log_is_stopped_as_drift() {
+    let world = world();
+    world.setup();
+    world.container("c1", "vch-a");
+    world.command(Command::StartContainer { id: "c1".into() });
+    world.run_until_converged(0);
+    world.command(Command::StopContainer { id: "c1".into(), timeout_s: Some(0) });
+    world.run_until_converged(1_000);
+    world.infra.vms.lock().get_mut("c1").unwrap().power = ObservedPower::Running;
+    world.run_until_converged(2_000);
+    assert!(matches!(world.vm("c1").unwrap().power, ObservedPower::Exited { .. }));
+    let drift = world.events_of_type("DriftObserved");
+    assert_eq!(drift.len(), 1);
+    assert!(matches!(&drift[0].event, DomainEvent::DriftObserved { description } if description.contains("powering it off")));
+}
+
+#[test]
+fn parallel_actions_converge_to_the_same_state() {
+    let log = Arc::new(MemoryLog::default());
+    let bus = Arc::new(CommandBus::new(log.clone(), Arc::new(ManualClock::default()), Arc::new(CountingEntropy::default())).unwrap());
+    let infra = Arc::new(ScriptedInfra::default());
+    let reconciler = Reconciler::new(bus.clone(), infra.clone(), ServedVchs::named(["vch-a"])).with_parallelism(8);
+    let world = World { log, bus, infra, reconciler };
+    world.setup();
+    for index in 0..40 {
+        let id = format!("c{index}");
+        world.container(&id, "vch-a");
+        world.command(Command::StartContainer { id });
+    }
+    world.run_until_converged(0);
+    for index in 0..40 {
+        assert_eq!(world.vm(&format!("c{index}")).map(|vm| vm.power), Some(ObservedPower::Running));
+    }
+}
+
 #[tokio::test]
 async fn the_production_task_reacts_to_commits() {
     let world = world();

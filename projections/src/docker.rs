@@ -11,6 +11,14 @@ pub struct VchView {
     pub name: String,
     pub spec: VchSpec,
     pub created_ms: u64,
+    /// The last action on the VCH's own objects that kept failing, if any.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// How many drifts of its infrastructure were observed and repaired.
+    #[serde(default)]
+    pub drift_count: u64,
+    #[serde(default)]
+    pub last_drift: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +41,9 @@ pub struct ContainerView {
     pub networks: BTreeMap<String, String>,
     /// The position of the last event that changed this container.
     pub position: u64,
+    /// Docker's State.Error: why enacting the container keeps failing (cleared by a start).
+    #[serde(default)]
+    pub error: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,7 +100,17 @@ impl DockerViews {
         let position = recorded.position.0;
         match (&recorded.event, recorded.stream.kind) {
             (DomainEvent::VchCreated { name, spec }, _) => {
-                self.vchs.insert(key.clone(), VchView { name: name.clone(), spec: spec.clone(), created_ms: recorded.recorded_at_ms });
+                self.vchs.insert(
+                    key.clone(),
+                    VchView {
+                        name: name.clone(),
+                        spec: spec.clone(),
+                        created_ms: recorded.recorded_at_ms,
+                        last_error: None,
+                        drift_count: 0,
+                        last_drift: None,
+                    },
+                );
             }
             (DomainEvent::VchConfigured { spec }, _) => {
                 if let Some(vch) = self.vchs.get_mut(key) {
@@ -98,6 +119,22 @@ impl DockerViews {
             }
             (DomainEvent::VchDeleted, _) => {
                 self.vchs.remove(key);
+            }
+            (DomainEvent::VchUpgraded { to_version, .. }, _) => {
+                if let Some(vch) = self.vchs.get_mut(key) {
+                    vch.spec.version = Some(to_version.clone());
+                }
+            }
+            (DomainEvent::DriftObserved { description }, StreamKind::Vch) => {
+                if let Some(vch) = self.vchs.get_mut(key) {
+                    vch.drift_count += 1;
+                    vch.last_drift = Some(description.clone());
+                }
+            }
+            (DomainEvent::ReconcileFailed { action, error, .. }, StreamKind::Vch) => {
+                if let Some(vch) = self.vchs.get_mut(key) {
+                    vch.last_error = Some(format!("{action}: {error}"));
+                }
             }
             (DomainEvent::ContainerCreated { name, vch, image_id, spec, created_ms }, _) => {
                 self.containers.insert(
@@ -117,6 +154,7 @@ impl DockerViews {
                         generation: 0,
                         networks: BTreeMap::new(),
                         position,
+                        error: String::new(),
                     },
                 );
             }
@@ -153,7 +191,9 @@ impl DockerViews {
                         container.state = "running".into();
                         container.started_ms = *started_ms;
                         container.exit_code = 0;
+                        container.error.clear();
                     }
+                    DomainEvent::ReconcileFailed { action, error, .. } => container.error = format!("{action}: {error}"),
                     DomainEvent::ContainerExited { exit_code, finished_ms } => {
                         container.state = "exited".into();
                         container.exit_code = *exit_code;

@@ -106,6 +106,8 @@ pub struct RunSummary {
     /// Operations whose reply a crash swallowed (never acknowledged, so lost).
     pub unanswered_count: u64,
     pub crash_count: u64,
+    /// Drift and parked-action events the reconciler recorded.
+    pub observation_count: u64,
     pub sync_count: u64,
     pub host_loss_count: u64,
     pub tick_count: u64,
@@ -209,6 +211,7 @@ pub fn run(config: SimConfig) -> Result<RunSummary, SimFailure> {
         rejected_count: 0,
         unanswered_count: 0,
         crash_count: 0,
+        observation_count: 0,
         sync_count: 0,
         host_loss_count: 0,
         tick_count: 0,
@@ -419,6 +422,11 @@ impl Simulation {
                 continue;
             }
             for (stream, type_name) in append.events {
+                // Observations of drift and of parked actions change no state.
+                if type_name == "DriftObserved" || type_name == "ReconcileFailed" {
+                    self.summary.observation_count += 1;
+                    continue;
+                }
                 if type_name != "ContainerExited" {
                     return Err(self.invariant(format!("the reconciler wrote {type_name} to {stream}")));
                 }
