@@ -4,5 +4,6 @@
 
 #![recursion_limit = "256"]
 
+pub mod admin;
 pub mod docker;
 pub mod portal;

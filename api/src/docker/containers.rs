@@ -346,7 +346,7 @@ pub async fn create(
 pub fn find(state: &DockerState, reference: &str) -> Result<ContainerView, ApiError> {
     state
         .views
-        .read(|views| views.find_container(reference).cloned())
+        .read(|views| views.find_container(reference).filter(|container| container.vch == state.vch).cloned())
         .ok_or_else(|| ApiError::not_found(format!("No such container: {reference}")))
 }
 
@@ -435,7 +435,8 @@ pub async fn list(State(state): State<DockerState>, Query(query): Query<HashMap<
     let limit: Option<usize> = query.get("limit").and_then(|l| l.parse::<i64>().ok()).filter(|l| *l > 0).map(|l| l as usize);
     let now_ms = state.now_ms();
     let rows = state.views.read(|views| {
-        let mut containers: Vec<&ContainerView> = views.containers.values().collect();
+        // Each VCH's endpoint sees its own containers only.
+        let mut containers: Vec<&ContainerView> = views.containers.values().filter(|c| c.vch == state.vch).collect();
         containers.sort_by(|a, b| b.position_created().cmp(&a.position_created()));
         let mut rows = Vec::new();
         for container in containers {
@@ -601,7 +602,7 @@ pub fn inspect_json(state: &DockerState, views: &DockerViews, container: &Contai
             "Dead": false,
             "Pid": pid,
             "ExitCode": container.exit_code,
-            "Error": "",
+            "Error": container.error,
             "StartedAt": rfc3339_ms(container.started_ms),
             "FinishedAt": rfc3339_ms(container.finished_ms),
         },

@@ -19,6 +19,7 @@ mod volumes;
 
 pub use containers::remove_anonymous_volumes;
 pub use errors::ApiError;
+pub use util::rfc3339_ms;
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Request, StatusCode};
@@ -60,6 +61,8 @@ pub struct DockerState {
     pub address_pool: networks::AddressPool,
     /// Extra `/info` status lines (`SystemStatus`), e.g. a follower's lag.
     pub status: Option<Arc<dyn Fn() -> Vec<(String, String)> + Send + Sync>>,
+    /// Why there is no container port, when there is none (Docker's 501 message).
+    pub no_runtime_reason: Option<String>,
 }
 
 impl DockerState {
@@ -76,6 +79,7 @@ impl DockerState {
             data_dir: data_dir.into(),
             address_pool: networks::AddressPool::default(),
             status: None,
+            no_runtime_reason: None,
         }
     }
 

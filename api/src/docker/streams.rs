@@ -33,7 +33,12 @@ const LOG_POLL_MS: u64 = 10;
 const STDIN_CHUNK_BYTES: usize = 32 * 1024;
 
 fn container_port(state: &DockerState) -> Result<Arc<dyn ContainerPort>, ApiError> {
-    state.containers.clone().ok_or_else(|| ApiError::new(StatusCode::NOT_IMPLEMENTED, "this endpoint has no container runtime"))
+    state.containers.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            state.no_runtime_reason.clone().unwrap_or_else(|| "this endpoint has no container runtime".to_string()),
+        )
+    })
 }
 
 /// Docker's multiplexed stream frame: `[stream, 0, 0, 0, size u32 BE] ++ payload`.

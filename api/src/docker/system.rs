@@ -71,9 +71,10 @@ fn memory_total_bytes() -> u64 {
 
 pub async fn info(State(state): State<DockerState>) -> impl IntoResponse {
     let (containers, running, paused, stopped, images, vch) = state.views.read(|views| {
-        let running = views.containers.values().filter(|c| c.state == "running").count();
-        let paused = views.containers.values().filter(|c| c.state == "paused").count();
-        let total = views.containers.len();
+        let own = || views.containers.values().filter(|c| c.vch == state.vch);
+        let running = own().filter(|c| c.state == "running").count();
+        let paused = own().filter(|c| c.state == "paused").count();
+        let total = own().count();
         (total, running, paused, total - running - paused, views.images.len(), views.vchs.get(&state.vch).cloned())
     });
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default();
@@ -83,6 +84,14 @@ pub async fn info(State(state): State<DockerState>) -> impl IntoResponse {
     if let Some(vch) = &vch {
         labels.push(format!("berth.target={}", vch.spec.target));
     }
+    // A vSphere VCH reports its resource pool's limits, as VIC's did.
+    let (operating_system, mem_total) = match &vch {
+        Some(vch) if !vch.spec.is_local() => (
+            format!("berth VCH on vSphere ({})", vch.spec.target),
+            if vch.spec.memory_mib_max > 0 { vch.spec.memory_mib_max * 1024 * 1024 } else { memory_total_bytes() },
+        ),
+        _ => ("berth (event-sourced VCH)".to_string(), memory_total_bytes()),
+    };
     Json(serde_json::json!({
         "ID": format!("berth-{}", state.vch),
         "SystemStatus": if system_status.is_empty() { serde_json::Value::Null } else { serde_json::json!(system_status.iter().map(|(k, v)| [k, v]).collect::<Vec<_>>()) },
@@ -111,14 +120,14 @@ pub async fn info(State(state): State<DockerState>) -> impl IntoResponse {
         "CgroupVersion": "1",
         "NEventsListener": 0,
         "KernelVersion": kernel_version(),
-        "OperatingSystem": "berth (event-sourced VCH)",
+        "OperatingSystem": operating_system,
         "OSVersion": "",
         "OSType": "linux",
         "Architecture": std::env::consts::ARCH,
         "IndexServerAddress": "https://index.docker.io/v1/",
         "RegistryConfig": { "IndexConfigs": {}, "InsecureRegistryCIDRs": [], "Mirrors": [] },
         "NCPU": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "MemTotal": memory_total_bytes(),
+        "MemTotal": mem_total,
         "DockerRootDir": state.data_dir,
         "HttpProxy": "",
         "HttpsProxy": "",
