@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::devices::NetworkBacking;
 use crate::xml::{escape, XmlElement};
 
 /// A managed object reference: its type (e.g. `VirtualMachine`) and its id (e.g. `vm-42`).
@@ -66,6 +67,9 @@ pub struct NamedObject {
 pub struct Datacenter {
     pub object: NamedObject,
     pub vm_folder: Option<ManagedObjectRef>,
+    pub host_folder: Option<ManagedObjectRef>,
+    pub datastore_folder: Option<ManagedObjectRef>,
+    pub network_folder: Option<ManagedObjectRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +84,18 @@ pub struct Datastore {
     pub object: NamedObject,
     pub capacity_bytes: Option<i64>,
     pub free_space_bytes: Option<i64>,
+    /// The HostDatastoreBrowser that searches this datastore's files.
+    pub browser: Option<ManagedObjectRef>,
+    /// Where the datastore is mounted, e.g. `ds:///vmfs/volumes/<uuid>/` (`summary.url`).
+    pub url: Option<String>,
+}
+
+/// A network a NIC can connect to, and the backing that connects it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Network {
+    pub object: NamedObject,
+    /// `Standard` for a standard network, `Distributed` for a distributed port group.
+    pub backing: NetworkBacking,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +104,29 @@ pub struct VirtualMachine {
     pub power_state: Option<PowerState>,
     pub resource_pool: Option<ManagedObjectRef>,
     pub extra_config: BTreeMap<String, String>,
+    /// `config.hardware.memoryMB`; `None` when the VM has no config (e.g. while it is created).
+    pub config_memory_mib: Option<u64>,
+    /// `config.hardware.numCPU`.
+    pub config_cpu_count: Option<u32>,
 }
+
+impl VirtualMachine {
+    /// Reads a VM from the properties of [`VIRTUAL_MACHINE_PATHS`].
+    pub(crate) fn from_content(object: &ObjectContent) -> VirtualMachine {
+        VirtualMachine {
+            object: object.named_object(),
+            power_state: object.text("runtime.powerState").and_then(PowerState::parse),
+            resource_pool: object.reference_property("resourcePool"),
+            extra_config: object.extra_config(),
+            config_memory_mib: object.text("config.hardware.memoryMB").and_then(|text| text.trim().parse().ok()),
+            config_cpu_count: object.text("config.hardware.numCPU").and_then(|text| text.trim().parse().ok()),
+        }
+    }
+}
+
+/// The VM properties the inventory and [`crate::VimClient::virtual_machines`] read.
+pub(crate) const VIRTUAL_MACHINE_PATHS: &[&str] =
+    &["name", "parent", "runtime.powerState", "resourcePool", "config.extraConfig", "config.hardware.memoryMB", "config.hardware.numCPU"];
 
 /// Everything berth reads from one vCenter or ESX, in one snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -100,8 +138,12 @@ pub struct Inventory {
     pub resource_pools: Vec<NamedObject>,
     pub folders: Vec<NamedObject>,
     pub datastores: Vec<Datastore>,
-    /// Standard networks and distributed port groups.
-    pub networks: Vec<NamedObject>,
+    /// Standard networks and distributed port groups (opaque NSX networks are left out: berth
+    /// has no backing for them).
+    pub networks: Vec<Network>,
+    pub distributed_switches: Vec<NamedObject>,
+    /// The `uuid` of each distributed switch, which NIC backings name.
+    pub distributed_switch_uuids: BTreeMap<ManagedObjectRef, String>,
     pub virtual_machines: Vec<VirtualMachine>,
 }
 
@@ -121,8 +163,30 @@ impl Inventory {
     pub fn datastore_named(&self, name: &str) -> Option<&Datastore> {
         self.datastores.iter().find(|datastore| datastore.object.name == name)
     }
-    pub fn network_named(&self, name: &str) -> Option<&NamedObject> {
-        self.networks.iter().find(|network| network.name == name)
+    pub fn network_named(&self, name: &str) -> Option<&Network> {
+        self.networks.iter().find(|network| network.object.name == name)
+    }
+    pub fn distributed_switch_named(&self, name: &str) -> Option<&NamedObject> {
+        self.distributed_switches.iter().find(|switch| switch.name == name)
+    }
+    /// The resource pool named `name` anywhere under the root pool of `compute` (pool names
+    /// are unique only among siblings, so a name alone may match pools of other clusters).
+    pub fn resource_pool_in(&self, compute: &ComputeResource, name: &str) -> Option<&NamedObject> {
+        let root = compute.resource_pool.as_ref()?;
+        self.resource_pools.iter().filter(|pool| pool.name == name).find(|pool| {
+            let mut parent = pool.parent.as_ref();
+            // Bounded by the number of pools, so a malformed parent cycle cannot loop forever.
+            for _ in 0..=self.resource_pools.len() {
+                match parent {
+                    Some(reference) if reference == root => return true,
+                    Some(reference) => {
+                        parent = self.resource_pools.iter().find(|pool| &pool.reference == reference).and_then(|pool| pool.parent.as_ref())
+                    }
+                    None => return false,
+                }
+            }
+            false
+        })
     }
     pub fn virtual_machine_named(&self, name: &str) -> Option<&VirtualMachine> {
         self.virtual_machines.iter().find(|vm| vm.object.name == name)
@@ -163,19 +227,62 @@ impl ObjectContent {
         }
     }
 
-    /// Reads `config.extraConfig` (an ArrayOfOptionValue) into a map.
+    /// Reads `config.extraConfig` (an ArrayOfOptionValue) into a map; see [`extra_config_from`].
     pub fn extra_config(&self) -> BTreeMap<String, String> {
-        self.properties
-            .get("config.extraConfig")
-            .map(|array| {
-                array
-                    .children
-                    .iter()
-                    .filter_map(|option| {
-                        Some((option.child_text("key")?.to_string(), option.child_text("value").unwrap_or_default().to_string()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.properties.get("config.extraConfig").map(extra_config_from).unwrap_or_default()
+    }
+}
+
+/// Reads an ArrayOfOptionValue into a map. vSphere removes a key set to "" and replaces a key
+/// set again; vcsim instead appends every option it is given, so the last value of a key wins
+/// and an empty value means the key is gone, which reads the same from both.
+pub fn extra_config_from(array: &XmlElement) -> BTreeMap<String, String> {
+    let mut options = BTreeMap::new();
+    for option in &array.children {
+        let Some(key) = option.child_text("key") else { continue };
+        match option.child_text("value").unwrap_or_default() {
+            "" => options.remove(key),
+            value => options.insert(key.to_string(), value.to_string()),
+        };
+    }
+    options
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_config_reads_like_vsphere_last_value_wins_and_empty_removes() {
+        let document = r#"<val><OptionValue><key>a</key><value>1</value></OptionValue><OptionValue><key>b</key><value>2</value></OptionValue><OptionValue><key>a</key><value>3</value></OptionValue><OptionValue><key>b</key><value></value></OptionValue><OptionValue><value>no key</value></OptionValue></val>"#;
+        let options = extra_config_from(&XmlElement::parse_document(document).expect("xml"));
+        assert_eq!(options, BTreeMap::from([("a".to_string(), "3".to_string())]));
+    }
+
+    #[test]
+    fn finds_pools_only_under_the_compute_resources_root_pool() {
+        let object = |kind: &str, value: &str, name: &str, parent: Option<&str>| NamedObject {
+            reference: ManagedObjectRef::new(kind, value),
+            name: name.to_string(),
+            parent: parent.map(|parent| ManagedObjectRef::new("ResourcePool", parent)),
+        };
+        let compute = |value: &str, root: &str| ComputeResource {
+            object: object("ClusterComputeResource", value, value, None),
+            resource_pool: Some(ManagedObjectRef::new("ResourcePool", root)),
+        };
+        let inventory = Inventory {
+            resource_pools: vec![
+                object("ResourcePool", "root-a", "Resources", None),
+                object("ResourcePool", "root-b", "Resources", None),
+                object("ResourcePool", "mid", "tenants", Some("root-b")),
+                object("ResourcePool", "vch-b", "vch", Some("mid")),
+                // A parent cycle must not loop forever.
+                object("ResourcePool", "x", "vch", Some("y")),
+                object("ResourcePool", "y", "y", Some("x")),
+            ],
+            ..Inventory::default()
+        };
+        assert_eq!(inventory.resource_pool_in(&compute("b", "root-b"), "vch").map(|pool| pool.reference.value.as_str()), Some("vch-b"));
+        assert!(inventory.resource_pool_in(&compute("a", "root-a"), "vch").is_none());
     }
 }

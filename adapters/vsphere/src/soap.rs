@@ -1,8 +1,9 @@
 //! The SOAP transport: wraps a VIM25 method call in an envelope, posts it to `/sdk`,
 //! keeps the session cookie and turns the reply into its result element or a typed fault.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::thumbprint::{self, ObservedThumbprint, Thumbprint, ThumbprintError};
 use crate::xml::{XmlElement, XmlError};
@@ -32,6 +33,13 @@ pub enum SoapError {
     Thumbprint(#[from] ThumbprintError),
 }
 
+/// SOAP calls made by this process, and the time spent waiting for their
+/// replies: what a benchmark needs to tell vSphere's share of the time from
+/// berth's own (process-wide, like any metrics counter).
+pub static SOAP_CALL_COUNT: AtomicU64 = AtomicU64::new(0);
+/// Nanoseconds spent in SOAP round trips (sending, waiting, reading, parsing).
+pub static SOAP_CALL_NANOS: AtomicU64 = AtomicU64::new(0);
+
 /// One connection to a vSphere SOAP endpoint, with its session cookie.
 pub struct SoapTransport {
     agent: ureq::Agent,
@@ -54,9 +62,28 @@ impl SoapTransport {
         &self.endpoint
     }
 
+    /// A plain HTTP request to `url` on this transport's agent (its TLS pinning and timeout)
+    /// carrying the session cookie: datastore file transfers (`/folder`) are authenticated by
+    /// the SOAP session, not by a method call.
+    pub(crate) fn http_request(&self, method: &str, url: &str) -> ureq::Request {
+        let request = self.agent.request(method, url);
+        match self.session_cookie.lock().ok().and_then(|cookie| cookie.clone()) {
+            Some(cookie) => request.set("Cookie", &cookie),
+            None => request,
+        }
+    }
+
     /// Calls one method: `body` is the method element (in namespace urn:vim25);
     /// returns the `...Response` element, or the fault the server raised.
     pub fn call(&self, body: &str) -> Result<XmlElement, SoapError> {
+        let started = Instant::now();
+        let result = self.call_untimed(body);
+        SOAP_CALL_COUNT.fetch_add(1, Ordering::Relaxed);
+        SOAP_CALL_NANOS.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        result
+    }
+
+    fn call_untimed(&self, body: &str) -> Result<XmlElement, SoapError> {
         let envelope = format!(
             concat!(
                 r#"<?xml version="1.0" encoding="UTF-8"?>"#,
@@ -117,7 +144,7 @@ impl SoapTransport {
         SoapError::Fault { fault_type, message, detail }
     }
 
-    fn transport_error(&self, transport: &ureq::Transport) -> SoapError {
+    pub(crate) fn transport_error(&self, transport: &ureq::Transport) -> SoapError {
         let observed = self.observed.lock().ok().and_then(|observed| observed.clone());
         let reason = transport.to_string();
         let is_certificate_error = reason.contains("certificate") || reason.contains("thumbprint");
