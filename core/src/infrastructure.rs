@@ -63,6 +63,9 @@ pub struct NetworkPlan {
     pub subnet: String,
     pub gateway: String,
     pub internal: bool,
+    /// The VCH that owns the network (its bridge or a container network);
+    /// None for networks every VCH shares.
+    pub vch: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -453,9 +453,9 @@ impl DomainModel {
                 for container in members {
                     self.remove_container_into(container, decision);
                 }
-                // The VCH's container networks go with it.
+                // The VCH's own networks (its bridge, its container networks) go with it.
                 for network in self.networks.values() {
-                    if network.driver == EXTERNAL_NETWORK_DRIVER && network.labels.get(LABEL_VCH) == Some(name) {
+                    if network.labels.get(LABEL_VCH) == Some(name) {
                         self.append(decision, StreamId::new(StreamKind::Network, &network.id), DomainEvent::NetworkRemoved);
                     }
                 }
@@ -483,7 +483,8 @@ impl DomainModel {
                     }
                 }
                 let network = match spec.host.network_mode.as_str() {
-                    "" | "default" => self.find_network("bridge"),
+                    // `bridge` is Docker's name for the default bridge: a VCH's own, if it has one.
+                    "" | "default" | "bridge" => self.default_bridge(vch).or_else(|| self.find_network("bridge")),
                     "host" | "none" => None,
                     mode if mode.starts_with("container:") => None,
                     other => Some(self.find_network(other).ok_or_else(|| not_found("network", other))?),
@@ -849,6 +850,15 @@ impl DomainModel {
         self.append(decision, StreamId::new(StreamKind::Image, id), DomainEvent::ImageTagged { reference: reference.to_string() });
     }
 
+    /// The bridge network a VCH's containers join by default: its own (a
+    /// vSphere VCH's, labelled [`LABEL_DEFAULT_BRIDGE`]), else the global `bridge`.
+    fn default_bridge(&self, vch: &str) -> Option<&NetworkState> {
+        self.networks.values().find(|network| {
+            network.labels.get(LABEL_VCH).map(String::as_str) == Some(vch)
+                && network.labels.get(LABEL_DEFAULT_BRIDGE).map(String::as_str) == Some("true")
+        })
+    }
+
     /// The address a container gets on `network`: allocated from a bridge
     /// network's subnet; empty on a container network, whose port group
     /// assigns it (DHCP), and only for containers of the network's VCH.
@@ -1164,5 +1174,7 @@ pub const CONTAINER_MEMORY_MIB_DEFAULT: u64 = 512;
 pub const EXTERNAL_NETWORK_DRIVER: &str = "external";
 /// The label naming the VCH a container network belongs to.
 pub const LABEL_VCH: &str = "berth.vch";
+/// The label marking a VCH's own default bridge network (value `true`).
+pub const LABEL_DEFAULT_BRIDGE: &str = "berth.default_bridge";
 /// The label naming a container network's port group.
 pub const LABEL_PORT_GROUP: &str = "berth.port_group";

@@ -356,6 +356,7 @@ fn network_plan(network: &NetworkState) -> NetworkPlan {
         subnet: network.subnet.clone(),
         gateway: network.gateway.clone(),
         internal: network.internal,
+        vch: network.labels.get(berth_core::model::LABEL_VCH).cloned(),
     }
 }
 
@@ -372,7 +373,9 @@ pub fn plan(desired: &DesiredState, observed: &ObservedState, served: &ServedVch
         }
     }
     for network in model.networks.values() {
-        if !observed.networks.contains(&network.id) {
+        // A VCH's own networks are its reconciler's; shared ones everyone's.
+        let owner = network.labels.get(berth_core::model::LABEL_VCH);
+        if owner.is_none_or(|vch| served.serves(vch)) && !observed.networks.contains(&network.id) {
             actions.push(Action::EnsureNetwork(network_plan(network)));
         }
     }

@@ -105,6 +105,9 @@ pub struct VsphereInfrastructure {
     /// One lock per image: two uploads of one image disk must not overlap
     /// (a late one would rewrite the extent under a finished disk).
     image_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Image disks known to be complete on the image store: checked once,
+    /// not on every provision (forgotten when the VCH is removed).
+    image_disks: Mutex<HashMap<String, String>>,
 }
 
 /// Maps a client error to the reconciler's classes: a refusal that retrying
@@ -169,6 +172,7 @@ impl VsphereInfrastructure {
             vms: Mutex::new(HashMap::new()),
             images: None,
             image_locks: Mutex::new(HashMap::new()),
+            image_disks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -186,8 +190,14 @@ impl VsphereInfrastructure {
     fn ensure_image_disk(&self, client: &VimClient, enacted: &Enacted, image_id: &str) -> Result<Option<String>, InfraError> {
         let Some((source, work_dir)) = &self.images else { return Ok(None) };
         let name = image_id.strip_prefix("sha256:").unwrap_or(image_id).to_string();
+        if let Some(disk) = self.image_disks.lock().get(&name) {
+            return Ok(Some(disk.clone()));
+        }
         let lock = self.image_locks.lock().entry(name.clone()).or_default().clone();
         let _one_upload = lock.lock();
+        if let Some(disk) = self.image_disks.lock().get(&name) {
+            return Ok(Some(disk.clone()));
+        }
         let placement = &enacted.placement;
         let datacenter_name = client
             .retrieve_one(&placement.datacenter, &["name"])
@@ -201,6 +211,7 @@ impl VsphereInfrastructure {
         if image_disk::image_disk_exists(client, &datacenter_name, &placement.datastore, &directory, &name)
             .map_err(|error| infra_error(&context, error))?
         {
+            self.image_disks.lock().insert(name, disk.clone());
             return Ok(Some(disk));
         }
         std::fs::create_dir_all(work_dir).map_err(|error| InfraError::Transient(format!("{context}: {error}")))?;
@@ -215,7 +226,9 @@ impl VsphereInfrastructure {
                 .map_err(|error| infra_error(&context, error))
         })();
         let _ = std::fs::remove_dir_all(&scratch);
-        result.map(Some)
+        let disk = result?;
+        self.image_disks.lock().insert(name, disk.clone());
+        Ok(Some(disk))
     }
 
     pub fn vch(&self) -> &str {
@@ -646,6 +659,7 @@ impl Infrastructure for VsphereInfrastructure {
         })?;
         *self.enacted.lock() = None;
         self.vms.lock().clear();
+        self.image_disks.lock().clear();
         Ok(())
     }
 
@@ -717,7 +731,17 @@ impl Infrastructure for VsphereInfrastructure {
                 }
                 Err(error) => Err(error),
             }
-        })?;
+        });
+        let vm = match vm {
+            Ok(vm) => vm,
+            Err(error) => {
+                // The image disk may have gone behind berth's back: check it again next time.
+                if matches!(error, InfraError::NotFound(_)) {
+                    self.image_disks.lock().remove(plan.image_id.strip_prefix("sha256:").unwrap_or(&plan.image_id));
+                }
+                return Err(error);
+            }
+        };
         self.vms.lock().insert(plan.id.clone(), vm);
         Ok(())
     }

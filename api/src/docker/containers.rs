@@ -313,17 +313,38 @@ pub async fn create(
     if spec.host.nano_cpus < 0 || spec.host.memory_bytes < 0 {
         return Err(ApiError::bad_request("resource limits must not be negative"));
     }
-    state
-        .execute(Command::CreateContainer { id: id.clone(), name, vch: state.vch.clone(), image_id: image.id.clone(), spec })
-        .await
-        .map_err(|error| match error.status {
-            StatusCode::CONFLICT if error.message.contains("already in use") => ApiError::conflict(format!(
-                "Conflict. The container name \"/{}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
-                query.get("name").map(|n| n.trim_start_matches('/')).unwrap_or_default(),
-                error.message.rsplit(' ').next().unwrap_or_default()
-            )),
-            _ => error,
-        })?;
+    let generated = query.get("name").map(|n| n.trim_start_matches('/')).is_none_or(str::is_empty);
+    let mut name = name;
+    let mut attempt = 0;
+    loop {
+        let command = Command::CreateContainer {
+            id: id.clone(),
+            name: name.clone(),
+            vch: state.vch.clone(),
+            image_id: image.id.clone(),
+            spec: spec.clone(),
+        };
+        match state.execute(command).await {
+            Ok(_) => break,
+            // A generated name taken meanwhile by a concurrent create: draw another, as dockerd does.
+            Err(error)
+                if generated
+                    && attempt < GENERATED_NAME_ATTEMPT_COUNT_MAX
+                    && error.message.contains("name")
+                    && error.message.contains("in use") =>
+            {
+                attempt += 1;
+                name = state.generated_name();
+            }
+            Err(error) if error.status == StatusCode::CONFLICT && error.message.contains("name") && error.message.contains("in use") => {
+                return Err(ApiError::conflict(format!(
+                    "Conflict. The container name \"/{name}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
+                    error.message.rsplit(' ').next().unwrap_or_default()
+                )));
+            }
+            Err(error) => return Err(error),
+        }
+    }
     for (network, endpoint) in endpoints {
         if network == "default" || network == network_mode {
             continue;
@@ -341,6 +362,9 @@ pub async fn create(
     }
     Ok((StatusCode::CREATED, Json(json!({ "Id": id, "Warnings": [] }))).into_response())
 }
+
+/// How many generated names a create tries before it gives up.
+const GENERATED_NAME_ATTEMPT_COUNT_MAX: u32 = 5;
 
 /// Resolves a container reference or answers Docker's 404.
 pub fn find(state: &DockerState, reference: &str) -> Result<ContainerView, ApiError> {

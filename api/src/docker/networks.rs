@@ -78,7 +78,8 @@ impl Default for AddressPool {
     }
 }
 
-fn allocate_subnet(pool: AddressPool, views: &DockerViews) -> Option<(String, String)> {
+/// The first subnet of the pool's size that overlaps no network's, and its gateway.
+pub fn allocate_subnet(pool: AddressPool, views: &DockerViews) -> Option<(String, String)> {
     let taken: Vec<Ipv4Subnet> = views.networks.values().filter_map(|n| Ipv4Subnet::parse(&n.subnet)).collect();
     let step = 1u32 << (32 - pool.subnet_prefix_length);
     let pool_size = 1u64 << (32 - pool.base.prefix_length);
