@@ -894,3 +894,15 @@ impl ImagePort for LocalInfrastructure {
         self.images.remove(image_id).map_err(|e| e.to_string())
     }
 }
+
+/// The local image store is where a vSphere VCH's image disks come from.
+impl berth_vsphere::infrastructure::ImageSource for LocalInfrastructure {
+    fn write_rootfs_tar(&self, image_id: &str, out: &Path) -> Result<(), String> {
+        let root = tempfile::tempdir().map_err(|e| e.to_string())?;
+        self.images.unpack_rootfs(image_id, root.path()).map_err(|e| e.to_string())?;
+        let file = std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
+        let mut writer = std::io::BufWriter::new(file);
+        berth_images::tarfs::tar_directory(root.path(), &mut writer).map_err(|e| e.to_string())?;
+        std::io::Write::flush(&mut writer).map_err(|e| e.to_string())
+    }
+}

@@ -109,6 +109,8 @@ async fn pass(state: &DockerState, infrastructure: &Arc<LocalInfrastructure>, en
         views
             .containers
             .values()
+            // Only the local runtime's containers: a vSphere VCH's are VMs.
+            .filter(|c| c.vch == state.vch)
             .filter(|c| c.state == "running" || c.state == "paused")
             .filter(|c| !matches!(c.spec.host.network_mode.as_str(), "host" | "none"))
             .map(|c| {

@@ -5,6 +5,8 @@ mod cli;
 mod local;
 mod local_effects;
 mod system;
+mod tls;
+mod vch_admin;
 
 fn main() -> std::process::ExitCode {
     cli::main()

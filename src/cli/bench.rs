@@ -36,6 +36,8 @@ pub enum BenchCommand {
     Docker(super::bench_docker::BenchDockerArgs),
     /// Rebuilding every projection from a log of N events, beside a raw read of the same events.
     Replay(super::bench_replay::BenchReplayArgs),
+    /// Containers created and powered on per second on a vSphere VCH against vcsim, and vSphere's share of the time.
+    Vsphere(super::bench_vsphere::BenchVsphereArgs),
 }
 
 pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -44,6 +46,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Nats(args) => super::bench_nats::run(args),
         BenchCommand::Docker(args) => super::bench_docker::run(args),
         BenchCommand::Replay(args) => super::bench_replay::run(args),
+        BenchCommand::Vsphere(args) => super::bench_vsphere::run(args),
     }
 }
 

@@ -90,9 +90,19 @@ impl Live {
 }
 
 /// Starts the relay (when `--nats` is given) and the portal for `berth serve`.
-pub async fn start_live(log: Arc<dyn EventLog>, views: ViewHandle, portal_args: &PortalArgs, nats_args: &NatsArgs) -> anyhow::Result<Live> {
+/// Starts the relay (with `--nats`) and the portal; `admin` adds the admin
+/// API's routes and `metrics` more Prometheus families (only `serve` has them).
+pub async fn start_live(
+    log: Arc<dyn EventLog>,
+    views: ViewHandle,
+    portal_args: &PortalArgs,
+    nats_args: &NatsArgs,
+    admin: Option<axum::Router>,
+    metrics: Vec<Arc<dyn MetricsSource>>,
+) -> anyhow::Result<Live> {
     let mut portal_state = PortalState::new(log.clone(), views);
     portal_state.heartbeat_interval = portal_args.portal_heartbeat_interval;
+    portal_state.metrics.extend(metrics);
     let relay = match &nats_args.nats {
         Some(url) => {
             let settings = nats_args.stream_settings()?;
@@ -116,18 +126,25 @@ pub async fn start_live(log: Arc<dyn EventLog>, views: ViewHandle, portal_args: 
             None
         }
     };
-    let (portal, _) = start_portal(portal_args.portal_listen, portal_state).await?;
+    let (portal, _) = start_portal(portal_args.portal_listen, portal_state, admin).await?;
     Ok(Live { relay, portal })
 }
 
-async fn start_portal(listen: SocketAddr, state: PortalState) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
+async fn start_portal(
+    listen: SocketAddr,
+    state: PortalState,
+    admin: Option<axum::Router>,
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
     if !listen.ip().is_loopback() {
         bail!("refusing to serve the portal on {listen} without TLS: berth serves plain HTTP on loopback addresses only");
     }
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding the portal to {listen}"))?;
     let address = listener.local_addr()?;
     println!("berth: portal listening on http://{address}");
-    let router = portal::router(state);
+    let router = match admin {
+        Some(admin) => admin.merge(portal::router(state)),
+        None => portal::router(state),
+    };
     let task = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, router).await {
             tracing::error!(%error, "the portal stopped");
@@ -234,7 +251,7 @@ async fn follow(args: FollowArgs) -> anyhow::Result<ExitCode> {
     let mut portal_state = PortalState::new(log.clone(), views.clone());
     portal_state.heartbeat_interval = args.portal.portal_heartbeat_interval;
     portal_state.metrics.push(Arc::new(FollowerMetrics { status: follower.subscribe() }));
-    let (portal, _) = start_portal(args.portal.portal_listen, portal_state).await?;
+    let (portal, _) = start_portal(args.portal.portal_listen, portal_state, None).await?;
 
     // No bus: every Docker handler that writes answers that this is a read-only follower.
     let mut state = DockerState::new(views, log.clone(), super::serve::DEFAULT_VCH, data_dir.display().to_string());

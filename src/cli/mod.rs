@@ -4,11 +4,13 @@ mod bench;
 mod bench_docker;
 mod bench_nats;
 mod bench_replay;
+mod bench_vsphere;
 mod events;
 mod follow;
 mod history;
 mod log;
 mod serve;
+mod vch;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -39,6 +41,8 @@ enum Command {
     Follow(follow::FollowArgs),
     /// Print the events the portal streams (`--follow` to keep printing new ones).
     Events(events::EventsArgs),
+    /// Create, list, inspect, configure, upgrade and delete virtual container hosts (vic-machine's successor).
+    Vch(vch::VchCommand),
     /// The per-container supervisor the local runtime starts (not for people).
     #[command(hide = true)]
     RuntimeShim {
@@ -76,6 +80,7 @@ pub fn main() -> ExitCode {
         Command::Bench(command) => bench::run(command),
         Command::Follow(args) => follow::run(args),
         Command::Events(args) => events::run(args),
+        Command::Vch(command) => vch::run(command),
         Command::RuntimeShim { args } => return berth_runtime::shim::main(args),
     };
     match result {

@@ -132,7 +132,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tokio::net::UnixListener::bind(&socket_path).with_context(|| format!("binding the Docker API socket {}", socket_path.display()))?;
     println!("berth: Docker API listening on unix://{}", socket_path.display());
 
-    let live = super::follow::start_live(log.clone(), views.clone(), &args.portal, &args.nats).await?;
+    let vchs = crate::vch_admin::VchManager::new(bus.clone(), views.clone(), state.clone(), local.clone(), &data_dir)?;
+    vchs.start_all().await?;
+    let admin_router = berth_api::admin::router(Arc::new(crate::vch_admin::AdminHandle(vchs.clone())));
+    let vsphere_metrics: Arc<dyn berth_api::portal::MetricsSource> = Arc::new(crate::vch_admin::VsphereMetrics);
+    let live =
+        super::follow::start_live(log.clone(), views.clone(), &args.portal, &args.nats, Some(admin_router), vec![vsphere_metrics]).await?;
     let service = docker::service(state);
     let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
     let mut unix_stop = stop_receiver.clone();
@@ -152,6 +157,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let _ = unix_server.await;
     let _ = std::fs::remove_file(&socket_path);
     live.stop().await;
+    vchs.stop_all().await;
 
     effects.abort();
     reconciler_task.stop().await;
