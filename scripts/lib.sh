@@ -55,4 +55,14 @@ ensure_test_dependencies() {
     log "installing the Python docker SDK"
     python3 -m pip install --quiet 'docker>=7,<8' || python3 -m pip install --quiet --break-system-packages 'docker>=7,<8'
   fi
+  ensure_pyvmomi
+}
+
+# pyvmomi, the vSphere Python SDK: the vSphere tests list vcsim's inventory
+# through it, independently of berth's own client (tests/python/vsphere_inventory.py).
+ensure_pyvmomi() {
+  if ! python3 -c 'import pyVmomi' 2>/dev/null; then
+    log "installing pyvmomi, the vSphere Python SDK"
+    python3 -m pip install --quiet 'pyvmomi>=8,<10' || python3 -m pip install --quiet --break-system-packages 'pyvmomi>=8,<10'
+  fi
 }

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod soap_proxy;
+pub mod vcsim;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
