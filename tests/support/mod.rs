@@ -185,11 +185,11 @@ impl Server {
 fn clean_slot_network(index: u32) {
     let script = format!(
         "for dev in $(ip -o -4 addr show | awk '$4 ~ /^10\\.{index}\\./ {{print $2}}'); do \
-           for table in nat filter; do iptables -t $table -S 2>/dev/null | grep -- \"$dev\" | sed 's/^-A /-D /' | \
-             while read -r rule; do eval iptables -t $table $rule 2>/dev/null; done; done; \
+           for table in nat filter; do iptables -w -t $table -S 2>/dev/null | grep -- \"$dev\" | sed 's/^-A /-D /' | \
+             while read -r rule; do eval iptables -w -t $table $rule 2>/dev/null; done; done; \
            ip link del \"$dev\" 2>/dev/null; done; \
-         for table in nat filter; do iptables -t $table -S 2>/dev/null | grep -- ' 10\\.{index}\\.' | sed 's/^-A /-D /' | \
-         while read -r rule; do eval iptables -t $table $rule 2>/dev/null; done; done; true"
+         for table in nat filter; do iptables -w -t $table -S 2>/dev/null | grep -- ' 10\\.{index}\\.' | sed 's/^-A /-D /' | \
+         while read -r rule; do eval iptables -w -t $table $rule 2>/dev/null; done; done; true"
     );
     let _ = Command::new("sh").args(["-c", &script]).status();
 }

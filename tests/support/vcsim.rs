@@ -245,7 +245,18 @@ pub fn inventory_snapshot(url: &str, user: &str, password: &str) -> InventorySna
 }
 
 impl Drop for Vcsim {
+    /// Closes vcsim's standard input, on which it removes its datastores'
+    /// temporary directories (what the tests uploaded included) and exits;
+    /// kills it if it does not within a few seconds.
     fn drop(&mut self) {
+        drop(self.process.stdin.take());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if matches!(self.process.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.process.kill();
         let _ = self.process.wait();
     }
