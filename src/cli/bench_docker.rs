@@ -5,15 +5,18 @@
 //! parallel creates, and run-to-exit of a trivial command. Plain HTTP/1.1
 //! over TCP, no CLI process in the measured path.
 
+use super::bench_http::{percentile, Connection};
 use anyhow::{bail, Context as _};
 use clap::Args;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
+
+/// How long a Docker API reply may take in the benchmark.
+const DOCKER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Args)]
 pub struct BenchDockerArgs {
@@ -29,75 +32,6 @@ pub struct BenchDockerArgs {
     /// Keep-alive clients for the throughput figures.
     #[arg(long, default_value_t = 64)]
     clients: usize,
-}
-
-/// A keep-alive HTTP/1.1 connection.
-struct Connection {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Connection {
-    fn open(address: &str) -> anyhow::Result<Connection> {
-        let stream = TcpStream::connect(address)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-        Ok(Connection { reader: BufReader::new(stream.try_clone()?), writer: stream })
-    }
-
-    /// Sends a request and reads the whole response; returns (status, body).
-    fn request(&mut self, method: &str, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
-        write!(
-            self.writer,
-            "{method} {path} HTTP/1.1\r\nHost: berth\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )?;
-        let mut status_line = String::new();
-        self.reader.read_line(&mut status_line)?;
-        let status: u16 = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("bad status line")?;
-        let mut length = None;
-        let mut chunked = false;
-        loop {
-            let mut line = String::new();
-            self.reader.read_line(&mut line)?;
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            let lower = line.to_ascii_lowercase();
-            if let Some(value) = lower.strip_prefix("content-length:") {
-                length = value.trim().parse::<usize>().ok();
-            }
-            if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
-                chunked = true;
-            }
-        }
-        let mut body = Vec::new();
-        if chunked {
-            loop {
-                let mut size_line = String::new();
-                self.reader.read_line(&mut size_line)?;
-                let size = usize::from_str_radix(size_line.trim(), 16).context("bad chunk size")?;
-                let mut chunk = vec![0u8; size + 2];
-                self.reader.read_exact(&mut chunk)?;
-                if size == 0 {
-                    break;
-                }
-                body.extend_from_slice(&chunk[..size]);
-            }
-        } else if let Some(length) = length {
-            body.resize(length, 0);
-            self.reader.read_exact(&mut body)?;
-        }
-        Ok((status, String::from_utf8_lossy(&body).to_string()))
-    }
-}
-
-fn percentile(sorted: &[f64], fraction: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * fraction).round() as usize]
 }
 
 fn busybox_tarball(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
@@ -127,7 +61,7 @@ fn rate(
     let barrier = Arc::new(Barrier::new(clients + 1));
     let mut threads = Vec::new();
     for _ in 0..clients {
-        let mut connection = Connection::open(address)?;
+        let mut connection = Connection::open(address, DOCKER_READ_TIMEOUT)?;
         let (stop, count, barrier) = (stop.clone(), count.clone(), barrier.clone());
         threads.push(std::thread::spawn(move || {
             barrier.wait();
@@ -197,7 +131,7 @@ pub fn run(args: BenchDockerArgs) -> anyhow::Result<ExitCode> {
     std::thread::spawn(move || for _ in lines {});
     let result = measure(&args, &address, base.path(), &raw_samples_ms);
     // Remove what the benchmark made, then stop the server.
-    if let Ok(mut connection) = Connection::open(&address) {
+    if let Ok(mut connection) = Connection::open(&address, DOCKER_READ_TIMEOUT) {
         if let Ok((_, body)) = connection.request("GET", "/containers/json?all=1", "") {
             if let Ok(serde_json::Value::Array(containers)) = serde_json::from_str::<serde_json::Value>(&body) {
                 for container in containers {
@@ -217,29 +151,23 @@ pub fn run(args: BenchDockerArgs) -> anyhow::Result<ExitCode> {
 fn measure(args: &BenchDockerArgs, address: &str, dir: &std::path::Path, raw_samples_ms: &[f64]) -> anyhow::Result<()> {
     let tarball = busybox_tarball(dir)?;
     let bytes = std::fs::read(&tarball)?;
-    let mut connection = Connection::open(address)?;
-    write!(
-        connection.writer,
-        "POST /v1.47/images/create?fromSrc=-&repo=bench&tag=latest HTTP/1.1\r\nHost: berth\r\nContent-Type: application/x-tar\r\nContent-Length: {}\r\n\r\n",
-        bytes.len()
-    )?;
-    connection.writer.write_all(&bytes)?;
-    let mut response = String::new();
-    connection.reader.read_line(&mut response)?;
-    if !response.contains(" 200 ") {
-        bail!("importing the image failed: {response}");
+    let mut connection = Connection::open(address, DOCKER_READ_TIMEOUT)?;
+    let (status, response) =
+        connection.request_bytes("POST", "/v1.47/images/create?fromSrc=-&repo=bench&tag=latest", "application/x-tar", &bytes)?;
+    if status != 200 {
+        bail!("importing the image failed: HTTP {status}: {response}");
     }
     drop(connection);
     let create_body = r#"{"Image":"bench","Cmd":["true"],"HostConfig":{"NetworkMode":"none"}}"#;
 
-    let mut connection = Connection::open(address)?;
+    let mut connection = Connection::open(address, DOCKER_READ_TIMEOUT)?;
     // Run to exit first, before thousands of created containers exist: create, wait for the next exit, start, read the exit.
     let mut run_samples = Vec::new();
     for _ in 0..10 {
         let started = Instant::now();
         let (_, body) = connection.request("POST", "/v1.47/containers/create", create_body)?;
         let id = serde_json::from_str::<serde_json::Value>(&body)?["Id"].as_str().unwrap_or_default().to_string();
-        let mut waiter = Connection::open(address)?;
+        let mut waiter = Connection::open(address, DOCKER_READ_TIMEOUT)?;
         let wait_path = format!("/v1.47/containers/{id}/wait?condition=next-exit");
         let wait = std::thread::spawn(move || waiter.request("POST", &wait_path, ""));
         std::thread::sleep(Duration::from_millis(5));
@@ -280,7 +208,7 @@ fn measure(args: &BenchDockerArgs, address: &str, dir: &std::path::Path, raw_sam
     let barrier = Arc::new(Barrier::new(51));
     let mut threads = Vec::new();
     for _ in 0..50 {
-        let mut connection = Connection::open(address)?;
+        let mut connection = Connection::open(address, DOCKER_READ_TIMEOUT)?;
         let barrier = barrier.clone();
         threads.push(std::thread::spawn(move || {
             barrier.wait();

@@ -16,13 +16,13 @@
 //! overlap and their sum exceeds the wall time. vcsim's CPU time is shown
 //! too: on one machine, the two processes compete for the same cores.
 
+use super::bench_http::{percentile, Connection};
 use anyhow::{bail, Context as _};
 use berth_vsphere::infrastructure::{KEY_CONTAINER_ID, KEY_GENERATION, KEY_ROLE, KEY_VCH, ROLE_CONTAINER};
 use berth_vsphere::{ConnectOptions, PowerState, VimClient};
 use clap::Args;
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -52,6 +52,10 @@ const SUBNET_PATTERN: &str = "10\\.25[23]\\.";
 /// How long vcsim may take to print its URL (a first build of it takes longer, but happens before).
 const VCSIM_START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long an API reply may take: creating a VCH waits for its objects in
+/// vSphere, deleting one too.
+const API_READ_TIMEOUT: Duration = Duration::from_secs(300);
+
 #[derive(Args)]
 pub struct BenchVsphereArgs {
     /// Containers created and started per run.
@@ -73,82 +77,6 @@ pub struct BenchVsphereArgs {
     /// Runs per client count; the table shows the median run (by containers/s) and the range.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
-}
-
-/// A keep-alive HTTP/1.1 connection.
-struct Connection {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Connection {
-    fn open(address: &str) -> anyhow::Result<Connection> {
-        let address = address.trim_start_matches("tcp://").trim_start_matches("http://");
-        let stream = TcpStream::connect(address).with_context(|| format!("connecting to {address}"))?;
-        stream.set_nodelay(true)?;
-        // Creating a VCH waits for its objects in vSphere; deleting it too.
-        stream.set_read_timeout(Some(Duration::from_secs(300)))?;
-        Ok(Connection { reader: BufReader::new(stream.try_clone()?), writer: stream })
-    }
-
-    fn request(&mut self, method: &str, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
-        self.request_bytes(method, path, "application/json", body.as_bytes())
-    }
-
-    /// Sends a request and reads the whole response; returns (status, body).
-    fn request_bytes(&mut self, method: &str, path: &str, content_type: &str, body: &[u8]) -> anyhow::Result<(u16, String)> {
-        write!(
-            self.writer,
-            "{method} {path} HTTP/1.1\r\nHost: berth\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )?;
-        self.writer.write_all(body)?;
-        let mut status_line = String::new();
-        self.reader.read_line(&mut status_line)?;
-        let status: u16 = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("bad status line")?;
-        let mut length = None;
-        let mut chunked = false;
-        loop {
-            let mut line = String::new();
-            self.reader.read_line(&mut line)?;
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            let lower = line.to_ascii_lowercase();
-            if let Some(value) = lower.strip_prefix("content-length:") {
-                length = value.trim().parse::<usize>().ok();
-            }
-            if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
-                chunked = true;
-            }
-        }
-        let mut body = Vec::new();
-        if chunked {
-            loop {
-                let mut size_line = String::new();
-                self.reader.read_line(&mut size_line)?;
-                let size = usize::from_str_radix(size_line.trim(), 16).context("bad chunk size")?;
-                let mut chunk = vec![0u8; size + 2];
-                self.reader.read_exact(&mut chunk)?;
-                if size == 0 {
-                    break;
-                }
-                body.extend_from_slice(&chunk[..size]);
-            }
-        } else if let Some(length) = length {
-            body.resize(length, 0);
-            self.reader.read_exact(&mut body)?;
-        }
-        Ok((status, String::from_utf8_lossy(&body).to_string()))
-    }
-}
-
-fn percentile(sorted: &[f64], fraction: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * fraction).round() as usize]
 }
 
 fn sorted(mut samples: Vec<f64>) -> Vec<f64> {
@@ -311,7 +239,7 @@ fn remove_bridges() {
 
 /// The portal's `berth_vsphere_calls_total` and `berth_vsphere_call_seconds_total`.
 fn vsphere_metrics(portal: &str) -> anyhow::Result<(u64, f64)> {
-    let (status, text) = Connection::open(portal)?.request("GET", "/metrics", "")?;
+    let (status, text) = Connection::open(portal, API_READ_TIMEOUT)?.request("GET", "/metrics", "")?;
     if status != 200 {
         bail!("GET /metrics: {status}");
     }
@@ -409,7 +337,7 @@ fn client_thread(
     failed: Arc<AtomicBool>,
 ) -> ClientRecord {
     let mut record = ClientRecord::default();
-    let connection = Connection::open(&address);
+    let connection = Connection::open(&address, API_READ_TIMEOUT);
     barrier.wait();
     let outcome = connection.and_then(|mut connection| client_requests(&mut connection, &next, workload, &mut record));
     record.done = Some(Instant::now());
@@ -557,7 +485,7 @@ fn remove_containers(address: &str, ids: Vec<String>) -> anyhow::Result<()> {
         .map(|_| {
             let (address, queue) = (address.to_string(), queue.clone());
             std::thread::spawn(move || -> anyhow::Result<()> {
-                let mut connection = Connection::open(&address)?;
+                let mut connection = Connection::open(&address, API_READ_TIMEOUT)?;
                 loop {
                     let Some(id) = queue.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.pop() else { return Ok(()) };
                     let (status, reply) = connection.request("DELETE", &format!("/v1.47/containers/{id}?force=true"), "")?;
@@ -619,7 +547,7 @@ fn measure(args: &BenchVsphereArgs, vcsim: &Vcsim, server: &Server, dir: &Path) 
     // The VCH's Docker API shares the embedded VCH's image store: import there.
     for variant in 0..args.images.max(1) {
         let tarball = busybox_tarball(dir, variant)?;
-        let (status, reply) = Connection::open(&server.docker)?.request_bytes(
+        let (status, reply) = Connection::open(&server.docker, API_READ_TIMEOUT)?.request_bytes(
             "POST",
             &format!("/v1.47/images/create?fromSrc=-&repo=busybox&tag=bench{variant}"),
             "application/x-tar",
@@ -639,7 +567,7 @@ fn measure(args: &BenchVsphereArgs, vcsim: &Vcsim, server: &Server, dir: &Path) 
         "bridge_network": "DC0_DVPG0",
     });
     let vch_began = Instant::now();
-    let (status, reply) = Connection::open(&server.portal)?.request("POST", "/api/vchs", &request.to_string())?;
+    let (status, reply) = Connection::open(&server.portal, API_READ_TIMEOUT)?.request("POST", "/api/vchs", &request.to_string())?;
     if status != 201 {
         bail!("creating the VCH: {status} {reply}");
     }
@@ -669,7 +597,8 @@ fn measure(args: &BenchVsphereArgs, vcsim: &Vcsim, server: &Server, dir: &Path) 
     }
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
-    let (status, reply) = Connection::open(&server.portal)?.request("DELETE", &format!("/api/vchs/{VCH_NAME}?force=true"), "")?;
+    let (status, reply) =
+        Connection::open(&server.portal, API_READ_TIMEOUT)?.request("DELETE", &format!("/api/vchs/{VCH_NAME}?force=true"), "")?;
     let vch_deleted = (200..300).contains(&status);
     let inventory = client.inventory().context("reading vSphere's inventory after the delete")?;
     let vms_left =

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_docker;
+mod bench_http;
 mod bench_nats;
 mod bench_replay;
 mod bench_vsphere;
