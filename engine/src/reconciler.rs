@@ -544,6 +544,9 @@ struct DriverState {
     /// Containers the log still has whose VMs were in an earlier inventory
     /// and are missing from a later one: provisioning them again is drift.
     vanished: BTreeSet<String>,
+    /// VCHs whose objects were found missing (a provision in them answered
+    /// NotFound): ensuring them again repairs drift.
+    vanished_vchs: BTreeSet<String>,
 }
 
 /// Executes plans against one [`Infrastructure`]; see the module docs.
@@ -692,6 +695,9 @@ impl Reconciler {
             if let Action::Provision(plan) = &action {
                 state.vanished.remove(&plan.id);
             }
+            if let Action::EnsureVch { name, .. } = &action {
+                state.vanished_vchs.remove(name);
+            }
             due.push(action);
         }
         let results = self.execute_all(&due);
@@ -704,6 +710,13 @@ impl Reconciler {
                 }
                 Err(error) => {
                     forget_uncertain(state, &action);
+                    // A container whose VCH's objects are gone cannot be provisioned
+                    // until they are ensured again: forget that they were.
+                    if let (Action::Provision(plan), ReconcileError::Action { error: InfraError::NotFound(_), .. }) = (&action, &error) {
+                        if state.observed.vchs.remove(&plan.vch).is_some() {
+                            state.vanished_vchs.insert(plan.vch.clone());
+                        }
+                    }
                     let failure = self.back_off(state, now_ms, key, action, error);
                     report.due_at(state.backoffs.values().map(|b| b.next_attempt_ms).min().unwrap_or(now_ms));
                     report.failures.push(failure);
@@ -930,6 +943,10 @@ fn drift_of(state: &DriverState, action: &Action) -> Option<(StreamId, String)> 
                 (StreamId::new(StreamKind::Vch, &vch), format!("found a VM for container {id}, which the log does not know: destroying it"))
             })
         }
+        Action::EnsureVch { name, .. } if state.vanished_vchs.contains(name) => Some((
+            StreamId::new(StreamKind::Vch, name),
+            "its objects (resource pool or folder) disappeared from the infrastructure: ensuring them again".to_string(),
+        )),
         Action::Provision(plan) if state.vanished.contains(&plan.id) => Some((
             StreamId::new(StreamKind::Container, &plan.id),
             "its VM disappeared from the infrastructure: provisioning it again".to_string(),

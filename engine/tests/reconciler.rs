@@ -326,6 +326,25 @@ fn a_vm_running_against_the_log_is_stopped_as_drift() {
 }
 
 #[test]
+fn a_vch_whose_objects_vanished_is_ensured_again_as_drift() {
+    let world = world();
+    world.setup();
+    world.run_until_converged(0);
+    let ensured_before = world.infra.call_count("ensure_vch");
+    world.container("c1", "vch-a");
+    // The provision finds the VCH's pool gone (deleted behind berth's back).
+    world.infra.set_script(Script::Fail(InfraError::NotFound("resource pool vch-a".into())));
+    world.reconciler.tick(1_000);
+    world.infra.set_script(Script::Healthy);
+    world.run_until_converged(2_000);
+    assert_eq!(world.infra.call_count("ensure_vch"), ensured_before + 1, "the VCH was ensured again");
+    assert!(world.vm("c1").is_some());
+    let drift = world.events_of_type("DriftObserved");
+    assert_eq!(drift.len(), 1, "{drift:?}");
+    assert_eq!(drift[0].stream.to_string(), "vch/vch-a");
+}
+
+#[test]
 fn parallel_actions_converge_to_the_same_state() {
     let log = Arc::new(MemoryLog::default());
     let bus = Arc::new(CommandBus::new(log.clone(), Arc::new(ManualClock::default()), Arc::new(CountingEntropy::default())).unwrap());
