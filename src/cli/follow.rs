@@ -241,6 +241,8 @@ pub fn run(args: FollowArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn follow(args: FollowArgs) -> anyhow::Result<ExitCode> {
+    // Installed before the follower says it listens, as in `serve`.
+    let shutdown = super::serve::shutdown_signal()?;
     let data_dir = args.data_dir.clone().unwrap_or_else(|| super::default_data_dir().join("follower"));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating the data directory {}", data_dir.display()))?;
     let log = Arc::new(RocksLog::open(&data_dir.join("log"))?);
@@ -277,7 +279,7 @@ async fn follow(args: FollowArgs) -> anyhow::Result<ExitCode> {
 
     let service = docker::service(state);
     axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(service))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await
         .context("serving the Docker API")?;
 
@@ -313,17 +315,5 @@ async fn log_lag(status: watch::Receiver<FollowerStatus>) {
             ),
         }
         last_logged = Some(current);
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install the signal handlers; stop the follower with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = terminate.recv() => {},
-        _ = interrupt.recv() => {},
     }
 }

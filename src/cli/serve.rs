@@ -191,7 +191,7 @@ fn parse_address_pool(text: &str) -> anyhow::Result<docker::networks::AddressPoo
 /// Installs the SIGTERM and SIGINT handlers now (before berth says it
 /// listens, so a signal right after that is never the default action) and
 /// returns a future that ends on the first of them.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+pub(super) fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
