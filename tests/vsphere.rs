@@ -551,7 +551,9 @@ fn after_a_sigkill_during_creation_there_is_one_vm_per_container_and_drift_is_re
     }
 
     // Restart berth on the same log: it adopts, creates what is missing, destroys the orphan.
-    setup.server = Server::start_in(data.path(), &[]);
+    // The first server's address slot (its bridge, which the log keeps) stays
+    // claimed until the second server is gone, as in tests/recovery.rs.
+    let first = std::mem::replace(&mut setup.server, Server::start_in(data.path(), &[]));
     setup.portal = portal_of(&setup.server);
     let ids: Vec<String> = eventually("the VCH's Docker API after the restart", CONVERGE_TIMEOUT, || {
         let output = docker(&host, &["ps", "-a", "--no-trunc", "--format", "{{.ID}}"]);
@@ -585,6 +587,8 @@ fn after_a_sigkill_during_creation_there_is_one_vm_per_container_and_drift_is_re
     let removed = setup.vch(&["delete", "--name", "vch4", "--force"]);
     assert!(removed.status.success(), "{}", text(&removed));
     assert!(container_vms(&setup.snapshot(), "vch4").is_empty());
+    drop(setup);
+    drop(first);
 }
 
 /// Makes a CA, a server certificate for 127.0.0.1 and a client certificate with openssl.
