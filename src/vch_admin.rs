@@ -724,14 +724,14 @@ impl berth_api::portal::MetricsSource for VsphereMetrics {
         use std::sync::atomic::Ordering;
         let calls = berth_vsphere::soap::SOAP_CALL_COUNT.load(Ordering::Relaxed);
         let nanos = berth_vsphere::soap::SOAP_CALL_NANOS.load(Ordering::Relaxed);
-        let _ = std::fmt::Write::write_fmt(
+        use std::fmt::Write as _;
+        let _ = writeln!(out, "# HELP berth_vsphere_calls_total SOAP calls made to vSphere.\n# TYPE berth_vsphere_calls_total counter");
+        let _ = writeln!(out, "berth_vsphere_calls_total {calls}");
+        let _ = writeln!(
             out,
-            format_args!(
-                "# HELP berth_vsphere_calls_total SOAP calls made to vSphere.\n# TYPE berth_vsphere_calls_total counter\nberth_vsphere_calls_total {calls}\n\
-                 # HELP berth_vsphere_call_seconds_total Time spent waiting for vSphere's SOAP replies.\n# TYPE berth_vsphere_call_seconds_total counter\nberth_vsphere_call_seconds_total {:.6}\n",
-                nanos as f64 / 1e9
-            ),
+            "# HELP berth_vsphere_call_seconds_total Time spent waiting for vSphere's SOAP replies.\n# TYPE berth_vsphere_call_seconds_total counter"
         );
+        let _ = writeln!(out, "berth_vsphere_call_seconds_total {:.6}", nanos as f64 / 1e9);
     }
 }
 
@@ -739,9 +739,9 @@ impl berth_api::portal::MetricsSource for VsphereMetrics {
 fn container_network_aliases(container_networks: &[String]) -> Vec<(String, String)> {
     container_networks
         .iter()
-        .map(|text| match text.split_once(':') {
-            Some((port_group, alias)) => (port_group.to_string(), alias.to_string()),
-            None => (text.clone(), text.clone()),
+        .map(|text| {
+            let (port_group, alias) = placement::parse_container_network(text);
+            (port_group.to_string(), alias.to_string())
         })
         .collect()
 }

@@ -350,9 +350,9 @@ impl DomainModel {
             .containers
             .values()
             .filter(|c| c.vch == starting.vch && c.status.is_running() && c.id != starting.id)
-            .map(container_memory_mib)
+            .map(|c| container_memory_mib(&c.spec))
             .sum();
-        let wanted_mib = container_memory_mib(starting);
+        let wanted_mib = container_memory_mib(&starting.spec);
         if running_mib + wanted_mib > limit_mib {
             return Err(Rejection::LimitReached(format!(
                 "VCH {} has {} MiB of memory; its running containers use {running_mib} MiB and container {} needs {wanted_mib} MiB",
@@ -1156,8 +1156,8 @@ fn validate_image_id(id: &str) -> Result<(), Rejection> {
 
 /// The memory a container's VM gets: its `--memory`, rounded up to whole MiB,
 /// or [`CONTAINER_MEMORY_MIB_DEFAULT`].
-pub fn container_memory_mib(container: &ContainerState) -> u64 {
-    let bytes = container.spec.host.memory_bytes;
+pub fn container_memory_mib(spec: &ContainerSpec) -> u64 {
+    let bytes = spec.host.memory_bytes;
     if bytes > 0 {
         (bytes as u64).div_ceil(1024 * 1024)
     } else {

@@ -19,14 +19,15 @@
 use super::bench_http::{percentile, Connection};
 use anyhow::{bail, Context as _};
 use berth_vsphere::infrastructure::{KEY_CONTAINER_ID, KEY_GENERATION, KEY_ROLE, KEY_VCH, ROLE_CONTAINER};
+use berth_vsphere::simulator::Simulator;
 use berth_vsphere::{ConnectOptions, PowerState, VimClient};
 use clap::Args;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Barrier, Mutex};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 /// The VCH the benchmark creates.
@@ -49,8 +50,6 @@ const BRIDGE_BIP: &str = "10.252.0.1/20";
 const ADDRESS_POOL: &str = "base=10.253.0.0/16,size=24";
 /// Addresses in those subnets, as an awk/grep pattern.
 const SUBNET_PATTERN: &str = "10\\.25[23]\\.";
-/// How long vcsim may take to print its URL (a first build of it takes longer, but happens before).
-const VCSIM_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long an API reply may take: creating a VCH waits for its objects in
 /// vSphere, deleting one too.
@@ -94,68 +93,6 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<(f64, f64)> {
     // SAFETY: sysconf only reads a configuration value.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     Ok((ticks(11) / per_second, ticks(12) / per_second))
-}
-
-/// A running vcsim; it exits when its standard input closes.
-struct Vcsim {
-    process: Child,
-    url: String,
-    user: String,
-    password: String,
-}
-
-impl Vcsim {
-    fn binary(explicit: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
-        if let Some(path) = explicit {
-            return Ok(path.clone());
-        }
-        if let Ok(path) = std::env::var("BERTH_VCSIM") {
-            return Ok(PathBuf::from(path));
-        }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/vcsim.sh");
-        let output =
-            Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().with_context(|| format!("running {}", script.display()))?;
-        if !output.status.success() {
-            bail!("{} failed (or pass --vcsim PATH)", script.display());
-        }
-        Ok(PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
-    }
-
-    fn start(binary: &Path) -> anyhow::Result<Vcsim> {
-        let mut process = Command::new(binary)
-            .args(["-listen", "127.0.0.1:0"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting vcsim ({})", binary.display()))?;
-        let stdout = process.stdout.take().context("vcsim's stdout")?;
-        let (sender, receiver) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = sender.send(line);
-        });
-        let mut vcsim = Vcsim { process, url: String::new(), user: String::new(), password: String::new() };
-        let line = receiver.recv_timeout(VCSIM_START_TIMEOUT).context("vcsim printed no URL")?;
-        let fields: BTreeMap<&str, &str> = line.split_whitespace().filter_map(|field| field.split_once('=')).collect();
-        let field = |name: &str| fields.get(name).copied().unwrap_or_default().to_string();
-        (vcsim.url, vcsim.user, vcsim.password) = (field("VCSIM_URL"), field("VCSIM_USER"), field("VCSIM_PASSWORD"));
-        if !vcsim.url.starts_with("http") {
-            bail!("vcsim printed {line:?}");
-        }
-        Ok(vcsim)
-    }
-}
-
-impl Drop for Vcsim {
-    fn drop(&mut self) {
-        drop(self.process.stdin.take());
-        if !wait_for_exit(&mut self.process, Duration::from_secs(10)) {
-            let _ = self.process.kill();
-            let _ = self.process.wait();
-        }
-    }
 }
 
 /// Waits for `child` to end; false if it is still running after `timeout`.
@@ -375,7 +312,7 @@ fn client_requests(connection: &mut Connection, next: &AtomicUsize, workload: Wo
 
 fn run_once(
     server: &Server,
-    vcsim: &Vcsim,
+    vcsim: &Simulator,
     vch_docker: &str,
     client: &VimClient,
     workload: Workload,
@@ -397,7 +334,7 @@ fn run_once(
         })
         .collect();
     let (calls_before, vsphere_before) = vsphere_metrics(&server.portal)?;
-    let (berth_cpu_before, vcsim_cpu_before) = (cpu_seconds(server.pid())?, cpu_seconds(vcsim.process.id())?);
+    let (berth_cpu_before, vcsim_cpu_before) = (cpu_seconds(server.pid())?, cpu_seconds(vcsim.pid())?);
     barrier.wait();
     let began = Instant::now();
 
@@ -426,14 +363,14 @@ fn run_once(
         }
     };
     let (calls_after, vsphere_after) = vsphere_metrics(&server.portal)?;
-    let (berth_cpu_after, vcsim_cpu_after) = (cpu_seconds(server.pid())?, cpu_seconds(vcsim.process.id())?);
+    let (berth_cpu_after, vcsim_cpu_after) = (cpu_seconds(server.pid())?, cpu_seconds(vcsim.pid())?);
     // What one of the benchmark's own reads costs vcsim, with every VM there
     // and berth idle: the benchmark's share of vcsim's CPU during the run.
-    let vcsim_idle_before = cpu_seconds(vcsim.process.id())?;
+    let vcsim_idle_before = cpu_seconds(vcsim.pid())?;
     for _ in 0..CALIBRATION_READ_COUNT {
         container_vms(client)?;
     }
-    let vcsim_idle_after = cpu_seconds(vcsim.process.id())?;
+    let vcsim_idle_after = cpu_seconds(vcsim.pid())?;
     let poll_vcsim_cpu_ms =
         1000.0 * ((vcsim_idle_after.0 + vcsim_idle_after.1) - (vcsim_idle_before.0 + vcsim_idle_before.1)) / CALIBRATION_READ_COUNT as f64;
 
@@ -521,7 +458,11 @@ pub fn run(args: BenchVsphereArgs) -> anyhow::Result<ExitCode> {
         bail!("--containers and --clients must be positive");
     }
     let base = tempfile::tempdir().context("making a temporary directory")?;
-    let vcsim = Vcsim::start(&Vcsim::binary(args.vcsim.as_ref())?)?;
+    let binary = match &args.vcsim {
+        Some(path) => path.clone(),
+        None => Simulator::binary(Path::new(env!("CARGO_MANIFEST_DIR"))).context("building vcsim (or pass --vcsim PATH)")?,
+    };
+    let vcsim = Simulator::start(&binary, &[])?;
     let stderr_path = base.path().join("berth-serve.stderr");
     let server = Server::start(&base.path().join("data"), &stderr_path)?;
     let result = measure(&args, &vcsim, &server, base.path());
@@ -543,7 +484,7 @@ pub fn run(args: BenchVsphereArgs) -> anyhow::Result<ExitCode> {
     result.map(|()| ExitCode::SUCCESS)
 }
 
-fn measure(args: &BenchVsphereArgs, vcsim: &Vcsim, server: &Server, dir: &Path) -> anyhow::Result<()> {
+fn measure(args: &BenchVsphereArgs, vcsim: &Simulator, server: &Server, dir: &Path) -> anyhow::Result<()> {
     // The VCH's Docker API shares the embedded VCH's image store: import there.
     for variant in 0..args.images.max(1) {
         let tarball = busybox_tarball(dir, variant)?;

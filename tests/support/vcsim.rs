@@ -6,35 +6,32 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
-use berth_vsphere::ConnectOptions;
+use berth_vsphere::simulator::Simulator;
 use serde::Deserialize;
-
-/// How long vcsim may take to print its URL (the first call may build it).
-const VCSIM_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The root of the berth package (scripts/ and tests/ live there).
 fn package_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A running vcsim, killed when dropped. Its default model (`simulator.VPX`) has the
-/// datacenter DC0 with the host DC0_H0, the cluster DC0_C0 (hosts DC0_C0_H0, DC0_C0_H1),
-/// the datastore LocalDS_0, the networks "VM Network" and DC0_DVPG0, and four powered-on
+/// A running vcsim (berth_vsphere's [`Simulator`], whose fields `url`, `user`,
+/// `password` and `thumbprint` it derefs to), stopped when dropped. Its
+/// default model (`simulator.VPX`) has the datacenter DC0 with the host
+/// DC0_H0, the cluster DC0_C0 (hosts DC0_C0_H0, DC0_C0_H1), the datastore
+/// LocalDS_0, the networks "VM Network" and DC0_DVPG0, and four powered-on
 /// VMs: DC0_H0_VM0, DC0_H0_VM1, DC0_C0_RP0_VM0, DC0_C0_RP0_VM1.
 pub struct Vcsim {
-    /// The SOAP endpoint, e.g. `http://127.0.0.1:PORT/sdk` (`https://` with `-tls`).
-    pub url: String,
-    pub user: String,
-    pub password: String,
-    /// The SHA-1 thumbprint (`AA:BB:...`) of the certificate with `-tls`; empty otherwise.
-    pub thumbprint: String,
-    process: Child,
+    simulator: Simulator,
+}
+
+impl std::ops::Deref for Vcsim {
+    type Target = Simulator;
+    fn deref(&self) -> &Simulator {
+        &self.simulator
+    }
 }
 
 /// One VM as pyvmomi sees it.
@@ -101,53 +98,13 @@ impl InventorySnapshot {
 impl Vcsim {
     /// The vcsim binary: `$BERTH_VCSIM`, or what scripts/vcsim.sh builds (and prints).
     pub fn binary() -> PathBuf {
-        if let Ok(path) = std::env::var("BERTH_VCSIM") {
-            return PathBuf::from(path);
-        }
-        let script = package_root().join("scripts/vcsim.sh");
-        let output = Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().expect("runs scripts/vcsim.sh");
-        assert!(output.status.success(), "scripts/vcsim.sh failed");
-        PathBuf::from(String::from_utf8_lossy(&output.stdout).trim().to_string())
+        Simulator::binary(&package_root()).expect("scripts/vcsim.sh builds vcsim")
     }
 
     /// Starts vcsim on a free port of 127.0.0.1 with extra flags (see scripts/vcsim.sh:
     /// `-username U -password P`, `-tls`, `-clusters N`, `-hosts N`).
     pub fn start(args: &[&str]) -> Vcsim {
-        let mut process = Command::new(Self::binary())
-            .args(["-listen", "127.0.0.1:0"])
-            .args(args)
-            // vcsim stops when its standard input closes, so it never outlives the test process.
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("vcsim starts");
-        let stdout = process.stdout.take().expect("piped stdout");
-        let (sender, receiver) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = sender.send(line);
-        });
-        let line = match receiver.recv_timeout(VCSIM_START_TIMEOUT) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = process.kill();
-                let _ = process.wait();
-                panic!("vcsim printed no URL within {VCSIM_START_TIMEOUT:?}");
-            }
-        };
-        let fields: BTreeMap<&str, &str> = line.split_whitespace().filter_map(|field| field.split_once('=')).collect();
-        let field = |name: &str| fields.get(name).copied().unwrap_or_default().to_string();
-        let vcsim = Vcsim {
-            url: field("VCSIM_URL"),
-            user: field("VCSIM_USER"),
-            password: field("VCSIM_PASSWORD"),
-            thumbprint: field("VCSIM_THUMBPRINT"),
-            process,
-        };
-        assert!(vcsim.url.starts_with("http"), "vcsim printed {line:?}");
-        vcsim
+        Vcsim { simulator: Simulator::start(&Self::binary(), args).expect("vcsim starts") }
     }
 
     /// vcsim over plain http (`http://127.0.0.1:PORT/sdk`), any non-empty user and password.
@@ -160,23 +117,6 @@ impl Vcsim {
         let vcsim = Self::start(&["-tls"]);
         assert!(vcsim.url.starts_with("https://") && !vcsim.thumbprint.is_empty(), "vcsim -tls printed {}", vcsim.url);
         vcsim
-    }
-
-    /// `host:port` of the endpoint.
-    pub fn address(&self) -> String {
-        let rest = self.url.split_once("://").map(|(_, rest)| rest).unwrap_or(&self.url);
-        rest.split('/').next().unwrap_or_default().to_string()
-    }
-
-    /// Options for berth's [`berth_vsphere::VimClient`]: this vcsim's credentials, its
-    /// thumbprint when it serves https, and a 30 s task timeout.
-    pub fn connect_options(&self) -> ConnectOptions {
-        let mut options = ConnectOptions::new(&self.url, &self.user, &self.password);
-        if !self.thumbprint.is_empty() {
-            options.thumbprint = Some(self.thumbprint.clone());
-        }
-        options.task_timeout = Duration::from_secs(30);
-        options
     }
 
     /// Installs pyvmomi (scripts/lib.sh's `ensure_pyvmomi`) when python3 cannot import it.
@@ -242,22 +182,4 @@ pub fn inventory_snapshot(url: &str, user: &str, password: &str) -> InventorySna
     assert!(output.status.success(), "vsphere_inventory.py failed ({}):\n{}", output.status, String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|error| panic!("vsphere_inventory.py printed no inventory ({error}):\n{}", String::from_utf8_lossy(&output.stdout)))
-}
-
-impl Drop for Vcsim {
-    /// Closes vcsim's standard input, on which it removes its datastores'
-    /// temporary directories (what the tests uploaded included) and exits;
-    /// kills it if it does not within a few seconds.
-    fn drop(&mut self) {
-        drop(self.process.stdin.take());
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while std::time::Instant::now() < deadline {
-            if matches!(self.process.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
 }

@@ -32,7 +32,7 @@ use crate::placement::{self, Placement, DATASTORE_ROOT_DIRECTORY};
 use crate::watch::ChangeKind;
 use berth_core::events::VchSpec;
 use berth_core::infrastructure::{ContainerPlan, InfraError, Infrastructure, NetworkPlan, ObservedContainer, ObservedPower};
-use berth_core::model::CONTAINER_MEMORY_MIB_DEFAULT;
+use berth_core::model::container_memory_mib;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -199,16 +199,11 @@ impl VsphereInfrastructure {
             return Ok(Some(disk.clone()));
         }
         let placement = &enacted.placement;
-        let datacenter_name = client
-            .retrieve_one(&placement.datacenter, &["name"])
-            .map_err(|error| infra_error("reading the datacenter's name", error))?
-            .text("name")
-            .unwrap_or_default()
-            .to_string();
+        let datacenter_name = &placement.datacenter_name;
         let directory = format!("{DATASTORE_ROOT_DIRECTORY}/{}/images/{name}", self.vch);
         let disk = format!("[{}] {directory}/{name}.vmdk", placement.datastore);
         let context = format!("making the disk of image {image_id}");
-        if image_disk::image_disk_exists(client, &datacenter_name, &placement.datastore, &directory, &name)
+        if image_disk::image_disk_exists(client, datacenter_name, &placement.datastore, &directory, &name)
             .map_err(|error| infra_error(&context, error))?
         {
             self.image_disks.lock().insert(name, disk.clone());
@@ -222,7 +217,7 @@ impl VsphereInfrastructure {
             let vmdk =
                 image_disk::build_flat_vmdk(&tar, &scratch, &name).map_err(|error| InfraError::Permanent(format!("{context}: {error}")))?;
             let _ = std::fs::remove_file(&tar);
-            image_disk::upload_image_disk(client, &datacenter_name, &placement.datastore, &directory, &name, &vmdk)
+            image_disk::upload_image_disk(client, datacenter_name, &placement.datastore, &directory, &name, &vmdk)
                 .map_err(|error| infra_error(&context, error))
         })();
         let _ = std::fs::remove_dir_all(&scratch);
@@ -412,8 +407,7 @@ impl VsphereInfrastructure {
 
     fn container_vm_spec(&self, plan: &ContainerPlan, enacted: &Enacted, image_disk: Option<String>) -> VmSpec {
         let host = &plan.spec.host;
-        let memory_mib =
-            if host.memory_bytes > 0 { (host.memory_bytes as u64).div_ceil(1024 * 1024) } else { CONTAINER_MEMORY_MIB_DEFAULT };
+        let memory_mib = container_memory_mib(&plan.spec);
         let cpu_count =
             if host.nano_cpus > 0 { (host.nano_cpus as u64).div_ceil(1_000_000_000) as u32 } else { CONTAINER_CPU_COUNT_DEFAULT };
         let directory = format!("{}/containers/{}", enacted.placement.vch_directory(&self.vch), plan.id);

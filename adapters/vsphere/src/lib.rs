@@ -10,6 +10,7 @@ pub mod image_disk;
 pub mod infrastructure;
 pub mod inventory;
 pub mod placement;
+pub mod simulator;
 pub mod soap;
 pub mod thumbprint;
 pub mod watch;

@@ -35,6 +35,8 @@ pub struct ContainerNetwork {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
     pub datacenter: ManagedObjectRef,
+    /// Its name, as datastore file URLs (`dcPath`) need it.
+    pub datacenter_name: String,
     /// The datacenter's VM folder, in which the VCH's folder goes.
     pub vm_folder: ManagedObjectRef,
     /// The resource pool in which the VCH's pool goes (a cluster's or host's
@@ -115,6 +117,11 @@ pub fn parse_volume_store(vch: &str, text: &str) -> Result<VolumeStore, Placemen
         return Err(invalid("the path must not contain '..'"));
     }
     Ok(VolumeStore { label: label.to_string(), datastore: datastore.to_string(), path })
+}
+
+/// Splits a container network `PORTGROUP[:ALIAS]`; the alias defaults to the port group.
+pub fn parse_container_network(text: &str) -> (&str, &str) {
+    text.split_once(':').unwrap_or((text, text))
 }
 
 /// Resolves `spec` for the VCH `vch` against `inventory`.
@@ -224,7 +231,7 @@ pub fn resolve(inventory: &Inventory, vch: &str, spec: &VchSpec) -> Result<Place
     let management_network = network(&spec.management_network, "--management-network")?;
     let mut container_networks = Vec::new();
     for text in &spec.container_networks {
-        let (port_group, alias) = text.split_once(':').unwrap_or((text.as_str(), text.as_str()));
+        let (port_group, alias) = parse_container_network(text);
         let backing = network(&Some(port_group.to_string()), "--container-network")?
             .ok_or_else(|| PlacementError::Invalid(format!("--container-network {text:?}: want PORTGROUP[:ALIAS]")))?;
         if alias.is_empty() {
@@ -240,6 +247,7 @@ pub fn resolve(inventory: &Inventory, vch: &str, spec: &VchSpec) -> Result<Place
 
     Ok(Placement {
         datacenter: datacenter.object.reference.clone(),
+        datacenter_name: datacenter.object.name.clone(),
         vm_folder,
         parent_pool,
         datastore: datastore.object.name.clone(),

@@ -1,11 +1,9 @@
 //! Integration tests of the VIM25 client against a real vcsim built by scripts/vcsim.sh.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_vsphere::image_disk::{build_flat_vmdk, image_disk_exists, upload_image_disk};
@@ -14,95 +12,19 @@ use berth_vsphere::{
     TaskWait, VimClient, VimError, VmChange, VmReconfigSpec, VmSpec,
 };
 
-/// How long vcsim may take to print its URL.
-const VCSIM_START_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long vcsim may take to remove its datastore directories once its standard input closes.
-const VCSIM_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// vcsim on a free port, stopped when dropped.
+type Vcsim = berth_vsphere::simulator::Simulator;
 
-/// A running vcsim, killed when dropped.
-struct Vcsim {
-    process: Child,
-    url: String,
-    user: String,
-    password: String,
-    thumbprint: String,
-}
-
-impl Vcsim {
-    fn binary() -> PathBuf {
-        if let Ok(path) = std::env::var("BERTH_VCSIM") {
-            return PathBuf::from(path);
-        }
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/vcsim.sh");
-        let output = Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().expect("runs scripts/vcsim.sh");
-        assert!(output.status.success(), "scripts/vcsim.sh failed");
-        PathBuf::from(String::from_utf8_lossy(&output.stdout).trim().to_string())
-    }
-
-    fn start(arguments: &[&str]) -> Vcsim {
-        let mut process = Command::new(Self::binary())
-            .args(["-listen", "127.0.0.1:0"])
-            .args(arguments)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("vcsim starts");
-        let stdout = process.stdout.take().expect("piped stdout");
-        let (sender, receiver) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = sender.send(line);
-        });
-        let line = match receiver.recv_timeout(VCSIM_START_TIMEOUT) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = process.kill();
-                panic!("vcsim printed no URL within {VCSIM_START_TIMEOUT:?}");
-            }
-        };
-        let fields: BTreeMap<&str, &str> = line.split_whitespace().filter_map(|field| field.split_once('=')).collect();
-        let field = |name: &str| fields.get(name).copied().unwrap_or_default().to_string();
-        let vcsim = Vcsim {
-            url: field("VCSIM_URL"),
-            user: field("VCSIM_USER"),
-            password: field("VCSIM_PASSWORD"),
-            thumbprint: field("VCSIM_THUMBPRINT"),
-            process,
-        };
-        assert!(vcsim.url.starts_with("http"), "vcsim printed {line:?}");
-        vcsim
-    }
-
-    fn options(&self) -> ConnectOptions {
-        let mut options = ConnectOptions::new(&self.url, &self.user, &self.password);
-        options.task_timeout = Duration::from_secs(30);
-        options
-    }
-}
-
-impl Drop for Vcsim {
-    /// Closes vcsim's standard input, on which it removes its datastores' temporary
-    /// directories (files uploaded by the tests included) and exits; kills it if it does not.
-    fn drop(&mut self) {
-        drop(self.process.stdin.take());
-        let deadline = Instant::now() + VCSIM_STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if matches!(self.process.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
+fn start_vcsim(args: &[&str]) -> Vcsim {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let binary = Vcsim::binary(&root).expect("scripts/vcsim.sh builds vcsim");
+    Vcsim::start(&binary, args).expect("vcsim starts")
 }
 
 #[test]
 fn logs_in_reads_the_inventory_and_logs_out() {
-    let vcsim = Vcsim::start(&["-username", "alice", "-password", "s3cret&<"]);
-    let client = VimClient::connect(&vcsim.options()).expect("login");
+    let vcsim = start_vcsim(&["-username", "alice", "-password", "s3cret&<"]);
+    let client = VimClient::connect(&vcsim.connect_options()).expect("login");
     assert_eq!(client.service_content().api_version, "6.5");
     assert_eq!(client.service_content().api_type, "VirtualCenter");
     let inventory = client.inventory().expect("inventory");
@@ -120,8 +42,8 @@ fn logs_in_reads_the_inventory_and_logs_out() {
 
 #[test]
 fn wrong_credentials_are_an_invalid_login() {
-    let vcsim = Vcsim::start(&["-username", "alice", "-password", "right"]);
-    let mut options = vcsim.options();
+    let vcsim = start_vcsim(&["-username", "alice", "-password", "right"]);
+    let mut options = vcsim.connect_options();
     options.password = "wrong".to_string();
     match VimClient::connect(&options) {
         Err(VimError::InvalidLogin { user }) => assert_eq!(user, "alice"),
@@ -132,8 +54,8 @@ fn wrong_credentials_are_an_invalid_login() {
 
 #[test]
 fn creates_powers_and_destroys_a_pool_a_folder_and_a_vm() {
-    let vcsim = Vcsim::start(&[]);
-    let client = VimClient::connect(&vcsim.options()).expect("login");
+    let vcsim = start_vcsim(&[]);
+    let client = VimClient::connect(&vcsim.connect_options()).expect("login");
     let inventory = client.inventory().expect("inventory");
     let vm_folder = inventory.datacenter_named("DC0").and_then(|dc| dc.vm_folder.clone()).expect("vm folder");
     let root_pool = inventory.compute_resource_named("DC0_C0").and_then(|c| c.resource_pool.clone()).expect("root pool");
@@ -189,9 +111,9 @@ fn creates_powers_and_destroys_a_pool_a_folder_and_a_vm() {
 
 #[test]
 fn tls_trusts_only_the_pinned_thumbprint() {
-    let vcsim = Vcsim::start(&["-tls"]);
+    let vcsim = start_vcsim(&["-tls"]);
     assert!(vcsim.url.starts_with("https://"));
-    let mut options = vcsim.options();
+    let mut options = vcsim.connect_options();
 
     options.thumbprint = None;
     match VimClient::connect(&options) {
@@ -241,8 +163,8 @@ fn an_unreachable_target_is_a_clear_error() {
 
 /// A vcsim, a client logged in to it, and its inventory.
 fn vcsim_session() -> (Vcsim, VimClient, Inventory) {
-    let vcsim = Vcsim::start(&[]);
-    let client = VimClient::connect(&vcsim.options()).expect("login");
+    let vcsim = start_vcsim(&[]);
+    let client = VimClient::connect(&vcsim.connect_options()).expect("login");
     let inventory = client.inventory().expect("inventory");
     (vcsim, client, inventory)
 }
@@ -542,10 +464,10 @@ fn vm_watch_sees_changes_made_by_other_calls() {
 
 #[test]
 fn every_task_wait_returns_typed_faults_and_is_timed() {
-    let vcsim = Vcsim::start(&[]);
+    let vcsim = start_vcsim(&[]);
     const CYCLES: u32 = 10;
     for strategy in [TaskWait::Poll, TaskWait::Updates, TaskWait::ReadThenUpdates] {
-        let mut options = vcsim.options();
+        let mut options = vcsim.connect_options();
         options.task_wait = strategy;
         let client = VimClient::connect(&options).expect("login");
         let inventory = client.inventory().expect("inventory");
@@ -569,8 +491,8 @@ fn every_task_wait_returns_typed_faults_and_is_timed() {
 
 #[test]
 fn concurrent_task_waits_do_not_see_each_others_updates() {
-    let vcsim = Vcsim::start(&[]);
-    let mut options = vcsim.options();
+    let vcsim = start_vcsim(&[]);
+    let mut options = vcsim.connect_options();
     options.task_wait = TaskWait::Updates;
     let client = VimClient::connect(&options).expect("login");
     let inventory = client.inventory().expect("inventory");

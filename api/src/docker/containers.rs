@@ -849,18 +849,18 @@ pub async fn kill(
 }
 
 pub async fn pause(State(state): State<DockerState>, Path(reference): Path<String>) -> Result<Response, ApiError> {
-    let container = find(&state, &reference)?;
-    state.execute(Command::PauseContainer { id: container.id.clone() }).await.map_err(|error| match error.status {
-        StatusCode::CONFLICT => ApiError::conflict(format!("container {} is not running", container.id)),
-        _ => error,
-    })?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    freeze(&state, &reference, |id| Command::PauseContainer { id }, "running").await
 }
 
 pub async fn unpause(State(state): State<DockerState>, Path(reference): Path<String>) -> Result<Response, ApiError> {
-    let container = find(&state, &reference)?;
-    state.execute(Command::UnpauseContainer { id: container.id.clone() }).await.map_err(|error| match error.status {
-        StatusCode::CONFLICT => ApiError::conflict(format!("container {} is not paused", container.id)),
+    freeze(&state, &reference, |id| Command::UnpauseContainer { id }, "paused").await
+}
+
+/// Pause or unpause: a wrong state is Docker's 409 "container X is not <required_state>".
+async fn freeze(state: &DockerState, reference: &str, command: fn(String) -> Command, required_state: &str) -> Result<Response, ApiError> {
+    let container = find(state, reference)?;
+    state.execute(command(container.id.clone())).await.map_err(|error| match error.status {
+        StatusCode::CONFLICT => ApiError::conflict(format!("container {} is not {required_state}", container.id)),
         _ => error,
     })?;
     Ok(StatusCode::NO_CONTENT.into_response())

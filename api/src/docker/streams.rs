@@ -347,12 +347,7 @@ pub async fn attach(
     }
 
     if !wants_upgrade(&request) {
-        let stream = futures_util::stream::poll_fn(move |context| {
-            receiver.poll_recv(context).map(|o| o.map(|bytes| Ok::<_, std::io::Error>(Bytes::from(bytes))))
-        });
-        let mut response = Response::new(Body::from_stream(stream));
-        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(stream_content_type(tty)));
-        return Ok(response);
+        return Ok(output_response(receiver, tty));
     }
     let upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
@@ -621,12 +616,7 @@ pub async fn exec_start(State(state): State<DockerState>, Path(exec_id): Path<St
     }
     if !wants_upgrade(&request) {
         drop(stdin);
-        let stream = futures_util::stream::poll_fn(move |context| {
-            receiver.poll_recv(context).map(|o| o.map(|bytes| Ok::<_, std::io::Error>(Bytes::from(bytes))))
-        });
-        let mut response = Response::new(Body::from_stream(stream));
-        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(stream_content_type(tty)));
-        return Ok(response);
+        return Ok(output_response(receiver, tty));
     }
     let upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
@@ -941,4 +931,14 @@ pub async fn archive_put(
             }
         })?;
     Ok(StatusCode::OK.into_response())
+}
+
+/// A plain (not upgraded) response streaming a container's output as it comes.
+fn output_response(mut receiver: tokio::sync::mpsc::Receiver<Vec<u8>>, tty: bool) -> Response {
+    let stream = futures_util::stream::poll_fn(move |context| {
+        receiver.poll_recv(context).map(|o| o.map(|bytes| Ok::<_, std::io::Error>(Bytes::from(bytes))))
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(stream_content_type(tty)));
+    response
 }
